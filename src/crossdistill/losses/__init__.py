@@ -1,0 +1,15 @@
+"""Loss terms (registered by name) and the composer that sums them by config."""
+
+from crossdistill.losses import terms  # noqa: F401  (registers the standard terms)
+from crossdistill.losses.base import LOSS_TERMS, LossInputs, LossTerm, build_loss_term, register_loss
+from crossdistill.losses.composer import LossComposer, NonFiniteLossError
+
+__all__ = [
+    "LOSS_TERMS",
+    "LossComposer",
+    "LossInputs",
+    "LossTerm",
+    "NonFiniteLossError",
+    "build_loss_term",
+    "register_loss",
+]
