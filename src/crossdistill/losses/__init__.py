@@ -1,7 +1,16 @@
 """Loss terms (registered by name) and the composer that sums them by config."""
 
+import crossdistill.losses.c2kd  # noqa: F401  (registers feature_margin, shared_classifier)
+import crossdistill.losses.dskd  # noqa: F401  (registers channel_independence, spatial_uniformity)
+import crossdistill.losses.rkd  # noqa: F401  (registers rkd_distance, rkd_angle)
 from crossdistill.losses import terms  # noqa: F401  (registers the standard terms)
-from crossdistill.losses.base import LOSS_TERMS, LossInputs, LossTerm, build_loss_term, register_loss
+from crossdistill.losses.base import (
+    LOSS_TERMS,
+    LossInputs,
+    LossTerm,
+    build_loss_term,
+    register_loss,
+)
 from crossdistill.losses.composer import LossComposer, NonFiniteLossError
 
 __all__ = [

@@ -1,0 +1,142 @@
+"""Speech encoder: SpeechBrain log-Mel filterbanks -> per-utterance mean normalisation ->
+ECAPA-TDNN speaker embedding (as in SpeechBrain's VoxCeleb recipe)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from speechbrain.lobes.features import Fbank
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+from torch import Tensor, nn
+
+
+def frame_mask(lengths: Tensor | None, batch: int, frames: int, device: torch.device) -> Tensor:
+    """``[B, T']`` bool mask of valid frames from SpeechBrain relative lengths (1.0 = full)."""
+    if lengths is None:
+        return torch.ones(batch, frames, dtype=torch.bool, device=device)
+    n_valid = (lengths.to(device).float() * frames).round().clamp(min=1, max=frames)
+    return torch.arange(frames, device=device)[None, :] < n_valid[:, None]
+
+
+class EcapaSpeechEncoder(nn.Module):
+    """Waveform ``[B, T]`` (optional relative ``lengths`` ``[B]``) -> embedding ``[B, D]``.
+
+    Defaults are SpeechBrain's VoxCeleb ECAPA-TDNN (80 mels, C=512, D=192); a tiny CPU
+    model is e.g. ``channels=[32, 32, 32, 32, 96], embedding_dim=32, res2net_scale=4,
+    attention_channels=16, se_channels=16``. ``res2net_scale`` must divide ``channels[1:-1]``.
+
+    ``forward_with_features`` also returns a frame-level map ``[B, C, T']``: the output of
+    the multi-layer feature aggregation (``feature_layer="mfa"``, ``C = channels[-1]``) or of
+    the last SE-Res2Net block (``"last_block"``, ``C = channels[-2]``). ``T'`` is
+    ``T // hop + 1`` frames (``hop_length`` ms hop, default 10 ms); padded frames past
+    ``lengths`` are included in the map.
+    """
+
+    FEATURE_LAYERS = ("mfa", "last_block")
+
+    def __init__(
+        self,
+        n_mels: int = 80,
+        channels: Sequence[int] = (512, 512, 512, 512, 1536),
+        embedding_dim: int = 192,
+        sample_rate: int = 16000,
+        kernel_sizes: Sequence[int] | None = None,
+        dilations: Sequence[int] | None = None,
+        attention_channels: int = 128,
+        res2net_scale: int = 8,
+        se_channels: int = 128,
+        global_context: bool = True,
+        dropout: float = 0.0,
+        mean_norm: bool = True,
+        std_norm: bool = False,
+        win_length: float = 25,
+        hop_length: float = 10,
+        n_fft: int = 400,
+        feature_layer: str = "mfa",
+    ) -> None:
+        super().__init__()
+        channels = [int(c) for c in channels]
+        if len(channels) < 3:
+            raise ValueError(
+                f"channels must have >= 3 entries (TDNN, SE-Res2Net..., MFA), got {channels}"
+            )
+        if kernel_sizes is None:
+            kernel_sizes = [5] + [3] * (len(channels) - 2) + [1]
+        if dilations is None:
+            dilations = [1] + list(range(2, len(channels))) + [1]
+        for name, value in (("kernel_sizes", kernel_sizes), ("dilations", dilations)):
+            if len(value) != len(channels):
+                raise ValueError(
+                    f"{name}={list(value)} must have len(channels)={len(channels)} entries"
+                )
+        bad = [c for c in channels[1:-1] if c % res2net_scale]
+        if bad:
+            raise ValueError(
+                f"res2net_scale={res2net_scale} must divide the SE-Res2Net channels "
+                f"{channels[1:-1]} (not {bad})"
+            )
+        if feature_layer not in self.FEATURE_LAYERS:
+            raise ValueError(f"feature_layer={feature_layer!r}; valid: {self.FEATURE_LAYERS}")
+        self.embedding_dim = embedding_dim
+        self.n_mels = n_mels
+        self.sample_rate = sample_rate
+        self.mean_norm = mean_norm
+        self.std_norm = std_norm
+        self.feature_layer = feature_layer
+        self.feature_dim = channels[-1] if feature_layer == "mfa" else channels[-2]
+        self.fbank = Fbank(
+            sample_rate=sample_rate,
+            n_mels=n_mels,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+        )
+        self.ecapa = ECAPA_TDNN(
+            input_size=n_mels,
+            lin_neurons=embedding_dim,
+            channels=channels,
+            kernel_sizes=list(kernel_sizes),
+            dilations=list(dilations),
+            attention_channels=attention_channels,
+            res2net_scale=res2net_scale,
+            se_channels=se_channels,
+            global_context=global_context,
+            dropout=dropout,
+        )
+
+    def features(self, wav: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Normalised log-Mel filterbanks ``[B, T', n_mels]`` (float32, no autocast)."""
+        if wav.dim() != 2:
+            raise ValueError(f"expected a waveform batch [B, T], got shape {list(wav.shape)}")
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            feats = self.fbank(wav.float())
+            if self.mean_norm or self.std_norm:
+                mask = frame_mask(lengths, feats.shape[0], feats.shape[1], feats.device)
+                weight = mask[..., None].float()
+                count = weight.sum(1, keepdim=True)
+                mean = (feats * weight).sum(1, keepdim=True) / count
+                if self.mean_norm:
+                    feats = feats - mean
+                if self.std_norm:
+                    centred = feats if self.mean_norm else feats - mean
+                    var = (centred.square() * weight).sum(1, keepdim=True) / count
+                    feats = feats / (var + 1e-10).sqrt()
+        return feats
+
+    def forward_with_features(
+        self, wav: Tensor, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(embedding [B, D], frame-level map [B, C, T'])`` (see class doc)."""
+        layer = self.ecapa.mfa if self.feature_layer == "mfa" else self.ecapa.blocks[-1]
+        captured: list[Tensor] = []
+        handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            emb = self.forward(wav, lengths)
+        finally:
+            handle.remove()
+        return emb, captured[-1]
+
+    def forward(self, wav: Tensor, lengths: Tensor | None = None) -> Tensor:
+        feats = self.features(wav, lengths)
+        return self.ecapa(feats, lengths=lengths).squeeze(1)

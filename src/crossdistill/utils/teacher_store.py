@@ -1,0 +1,60 @@
+"""Where trained teachers live: a run's own ``teacher/`` dir and a shared cache keyed by a
+hash of everything that determines the teacher (data, teacher config, seed)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def teacher_key(cfg: DictConfig) -> str:
+    """Hash of the resolved data + teacher config (minus ``ckpt_path``/``reuse``) + seed."""
+    teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
+    for k in ("ckpt_path", "reuse"):
+        teacher.pop(k, None)
+    payload = {
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "teacher": teacher,
+        "seed": cfg.seed,
+        "precision": str(cfg.trainer.get("precision")),
+    }
+    return hashlib.sha256(repr(payload).encode()).hexdigest()[:16]
+
+
+def load_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a Lightning checkpoint (or a plain state dict) strictly, naming the file."""
+    path = Path(path)
+    if path.is_dir():  # a run dir: prefer its selected teacher
+        candidates = [path / "teacher.ckpt", path / "teacher" / "teacher.ckpt"]
+        found = [c for c in candidates if c.exists()]
+        if not found:
+            raise FileNotFoundError(
+                f"no teacher checkpoint in {path}; expected one of {[str(c) for c in candidates]}"
+            )
+        path = found[0]
+    if not path.exists():
+        raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"checkpoint {path} does not fit the configured teacher (check `teacher=` and "
+            f"`data=` match the run that produced it): {err}"
+        ) from err
+
+
+def save_weights_atomically(module: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"state_dict": module.state_dict()}, tmp)
+    os.replace(tmp, path)
