@@ -1,0 +1,82 @@
+"""The MFH data generator against an independent re-implementation of the protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crossdistill.data import gaussian as G
+from crossdistill.data.gaussian_datamodule import GaussianMFHDataModule
+
+
+def authors_exp1(seed: int, overlap: int, n: int):
+    """The protocol of experiment 1 written out directly (z, x_b, x_a order)."""
+    rng = np.random.RandomState(seed)
+    a = rng.randn(500)[:20]
+    z = rng.randn(n, 20)
+    y = (z @ a > 0).astype(np.int64)
+    x_b = rng.randn(n, 50)
+    x_b[:, 0:10] = z[:, 0:10]
+    x_a = rng.randn(n, 25)
+    x_a[:, 10 - overlap : 20 - overlap] = z[:, 10 - overlap : 20 - overlap]
+    return x_a, x_b, y
+
+
+@pytest.mark.parametrize("overlap", [0, 4, 10])
+def test_exp1_layout_matches_protocol(overlap):
+    layout = G.gamma_layout(overlap)
+    rng = np.random.RandomState(3)
+    a = G.draw_hyperplane(rng, layout.z_dim)
+    x_a, x_b, y = G.sample(layout, 64, a, rng)
+    ea, eb, ey = authors_exp1(3, overlap, 64)
+    np.testing.assert_allclose(x_a, ea, rtol=1e-6)
+    np.testing.assert_allclose(x_b, eb, rtol=1e-6)
+    np.testing.assert_array_equal(y, ey)
+    assert layout.shared_teacher_columns == list(range(10 - overlap, 10))
+
+
+def test_gammas_of_the_three_experiments():
+    assert [round(G.gamma_layout(o).gamma, 2) for o in (0, 2, 4, 6, 8, 10)] == [
+        0.0, 0.11, 0.25, 0.43, 0.67, 1.0]
+    assert [G.alpha_layout(k).gamma for k in (0, 10, 20, 30, 40)] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
+    layout = G.modify_gamma_layout(5, 15)
+    assert layout.gamma == 0.25 and layout.z_dim == 20
+
+
+def test_alpha_and_table2_columns_hold_z():
+    for layout in (G.alpha_layout(20), G.modify_gamma_layout(10, 10)):
+        rng = np.random.RandomState(0)
+        a = G.draw_hyperplane(rng, layout.z_dim, "ones")
+        x_a, x_b, y = G.sample(layout, 500, a, rng)
+        cols = [d for d, _ in layout.teacher_cols]
+        # when x_a holds every decisive dim, its columns give y exactly
+        if len(cols) == layout.z_dim:
+            np.testing.assert_array_equal((x_a[:, cols] @ a > 0).astype(int), y)
+        shared = [d for d, _ in layout.student_cols]
+        np.testing.assert_allclose(x_b[:, shared], x_a[:, shared])
+        # a noise column is uncorrelated with the shared ones
+        assert abs(np.corrcoef(x_a[:, 45], x_b[:, 0])[0, 1]) < 0.15
+
+
+def test_impossible_settings_fail_clearly():
+    with pytest.raises(ValueError, match="0 <= overlap <= 10"):
+        G.gamma_layout(11)
+    with pytest.raises(ValueError, match="teacher modality has 15 dims.*column 1[5-9]"):
+        G.gamma_layout(0, teacher_dim=15)
+    with pytest.raises(ValueError, match="student modality has 5 dims"):
+        G.modify_gamma_layout(10, 10, student_dim=5)
+    with pytest.raises(ValueError, match="data.layout must be one of"):
+        GaussianMFHDataModule(layout="beta")
+    with pytest.raises(ValueError, match="teacher_columns \\[60\\] out of range"):
+        GaussianMFHDataModule(layout="alpha", teacher_dim=50, teacher_columns=[1, 60])
+
+
+def test_datamodule_batches_and_column_filter():
+    dm = GaussianMFHDataModule(layout="modify_gamma", shared=10, teacher_dim=50,
+                               hyperplane="ones", teacher_columns=list(range(10)), seed=1)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["teacher_input"].shape == (200, 10)
+    assert batch["student_input"].shape == (200, 50)
+    assert set(batch) == {"teacher_input", "student_input", "label", "index"}
+    assert len(dm.datasets["test"]) == 1000 and dm.teacher_input_dim == 10
