@@ -1,0 +1,52 @@
+# crossdistill: every target installs what it needs first (idempotent venv in .venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
+export WANDB_MODE ?= offline
+export WANDB_SILENT ?= true
+
+.PHONY: help install train test test-full lint format reproduce-mfh benchmark-mfh clean
+
+help:
+	@echo "make train          run the main job on built-in data (ARGS='key=value ...' to override)"
+	@echo "make test           fast tests (excludes slow)"
+	@echo "make test-full      all tests, including slow ones"
+	@echo "make reproduce-mfh  MFH Fig. 2 / Fig. 3 / Table 2 -> outputs/mfh_reproduction/latest"
+	@echo "make benchmark-mfh  batched vs one-by-one training speed"
+	@echo "make lint           ruff"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: install
+	$(VENV)/bin/crossdistill-train $(ARGS)
+
+test: install
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-full: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests scripts
+
+format: install
+	$(VENV)/bin/ruff format src tests scripts
+
+reproduce-mfh: install
+	$(PY) scripts/reproduce_mfh.py $(ARGS)
+
+benchmark-mfh: install
+	$(PY) scripts/benchmark_mfh.py $(ARGS)
+
+clean:
+	rm -rf outputs/*/ .pytest_cache .ruff_cache
