@@ -1,0 +1,332 @@
+"""Face (teacher) -> voice (student) speaker-recognition DataModule.
+
+Reads the VoxCeleb layout of :mod:`crossdistill.data.voxceleb`; with ``root=None`` it
+first generates (or reuses) the built-in synthetic data set under ``data_dir``.
+
+Batches (dicts, see docs/CONVENTIONS.md):
+
+* ``teacher_input`` float [B, 3, H, W], normalised with ``mean``/``std``;
+* ``student_input`` float [B, T] at ``sample_rate``; train: fixed ``crop_seconds``
+  crops; val/test: full utterances (cut at ``eval_max_seconds`` if set), zero-padded to
+  the longest in the batch, with ``student_lengths`` int64 [B] giving the true lengths
+  (train batches carry it too, all equal);
+* ``label`` int64 [B]: speaker index *within the split* (val/test speakers are disjoint
+  from the training speakers, so val/test labels are not training classes: use them for
+  verification / clustering, not with the training classifier);
+* ``index`` int64 [B]: index into that split's dataset (``eval_dataset(split).paths``
+  maps it to the utterance path used by the trial lists);
+* ``student_snr_db`` / ``student_quality`` float [B]: blind SNR estimate of the (possibly
+  degraded) waveform (with ``estimate_snr``); ``teacher_degraded`` / ``student_degraded``
+  bool [B] when a degradation config is given.
+
+Verification: ``val_trials`` / ``test_trials`` are lists of ``Trial(label, enroll,
+test)`` with paths relative to the wav root; embed ``eval_dataset(split)`` (all
+utterances of the split's speakers, via ``val/test_dataloader``) and score trials with
+``eval_dataset(split).path_to_index``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from crossdistill.data.degrade import DegradationConfig, Degrader, to_plain
+from crossdistill.data.synth_face_voice import SynthFaceVoiceConfig, generate_synth_face_voice
+from crossdistill.data.voxceleb import (
+    FaceVoiceDataset,
+    Trial,
+    VoxCelebIndex,
+    check_disjoint,
+    make_trials,
+    pad_collate,
+    read_identity_list,
+    read_trials,
+    scan_voxceleb,
+    split_identities,
+)
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+class FaceVoiceDataModule(pl.LightningDataModule):
+    """Paired face/voice data; see the module docstring for the batch format.
+
+    Args:
+        root: data root holding ``wav/``; ``None`` -> built-in synthetic data.
+        face_root: face-crop root (default ``<root>/faces``).
+        data_dir: where synthetic data is generated and cached.
+        generator: :class:`SynthFaceVoiceConfig` fields (synthetic data only).
+        sample_rate: target rate; other rates are resampled (``resample``) or refused.
+        image_size: faces are resized to this square size (synthetic default: native).
+        crop_seconds: training crop length; eval_max_seconds: cut eval utterances.
+        split_files: ``{train,val,test}`` -> identity-list files (relative to ``root`` or
+            absolute); otherwise a seeded identity-disjoint split with
+            ``n_val_identities`` / ``n_test_identities`` (counts, or fractions < 1); the
+            speakers of a given val / test trial list form that split.
+        val_trials / test_trials: trial-list files; if missing, ``n_generated_trials``
+            balanced trials are drawn from the split (seeded).
+        degradation: :class:`DegradationConfig` mapping (speech / face / splits / seed).
+        on_bad_file: ``raise`` or ``skip`` (skipped files are logged and listed in
+            ``skipped_files``). validate_files: check every file header at setup.
+    """
+
+    def __init__(self, root: str | None = None, face_root: str | None = None,
+                 data_dir: str = "data", generator: Mapping[str, Any] | None = None,
+                 sample_rate: int = 16000, image_size: int | None = None,
+                 crop_seconds: float = 2.0, eval_max_seconds: float | None = None,
+                 batch_size: int = 32, eval_batch_size: int | None = None,
+                 num_workers: int = 0, pin_memory: bool = False,
+                 split_files: Mapping[str, str] | None = None,
+                 n_val_identities: int | float = 0.05, n_test_identities: int | float = 0.05,
+                 val_trials: str | None = None, test_trials: str | None = None,
+                 n_generated_trials: int = 2000,
+                 degradation: Mapping[str, Any] | None = None, on_bad_file: str = "raise",
+                 resample: bool = True, validate_files: bool = True, estimate_snr: bool = True,
+                 mean: Sequence[float] = (0.5, 0.5, 0.5),
+                 std: Sequence[float] = (0.5, 0.5, 0.5), seed: int = 0):
+        super().__init__()
+        if on_bad_file not in ("raise", "skip"):
+            raise ValueError(f"on_bad_file={on_bad_file!r}; valid: ['raise', 'skip']")
+        self.root = root
+        self.face_root = face_root
+        self.data_dir = data_dir
+        self.synthetic = root is None
+        gen = to_plain(generator) or {}
+        if not self.synthetic and gen:
+            log.info("data.root is set; ignoring the synthetic generator settings")
+        self.generator_cfg = (SynthFaceVoiceConfig.from_dict(gen, sample_rate=sample_rate)
+                              if self.synthetic else None)
+        if self.generator_cfg is not None:
+            self.generator_cfg.validate()
+            if self.generator_cfg.sample_rate != sample_rate:
+                raise ValueError(f"generator.sample_rate={self.generator_cfg.sample_rate} "
+                                 f"differs from sample_rate={sample_rate}")
+        if image_size is None:
+            if not self.synthetic:
+                raise ValueError("image_size must be set for real data (faces are resized "
+                                 "to image_size x image_size)")
+            image_size = self.generator_cfg.image_size
+        self.sample_rate = int(sample_rate)
+        self.image_size = int(image_size)
+        self.crop_seconds = float(crop_seconds)
+        self.eval_max_seconds = eval_max_seconds
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.split_files = to_plain(split_files)
+        self.n_val_identities = n_val_identities
+        self.n_test_identities = n_test_identities
+        self.val_trials_file = val_trials
+        self.test_trials_file = test_trials
+        self.n_generated_trials = n_generated_trials
+        self.degradation = DegradationConfig.from_dict(degradation, default_seed=seed)
+        self.on_bad_file = on_bad_file
+        self.resample = resample
+        self.validate_files = validate_files
+        self.estimate_snr = estimate_snr
+        self.mean, self.std = tuple(to_plain(mean)), tuple(to_plain(std))
+        self.seed = seed
+        self._index: VoxCelebIndex | None = None
+        self._splits: dict[str, list[str]] = {}
+        self._datasets: dict[str, FaceVoiceDataset] = {}
+        self._trials: dict[str, list[Trial]] = {}
+        self.skipped_files: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ setup
+    def prepare_data(self) -> None:
+        if self.synthetic:
+            generate_synth_face_voice(self.data_dir, self.generator_cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._build()
+
+    def _data_root(self) -> Path:
+        if self.synthetic:
+            return generate_synth_face_voice(self.data_dir, self.generator_cfg)  # cached
+        return Path(self.root).expanduser()
+
+    def _build(self) -> None:
+        if self._index is not None:
+            return
+        root = self._data_root()
+        index = scan_voxceleb(root, self.face_root, sample_rate=self.sample_rate,
+                              resample=self.resample, on_bad_file=self.on_bad_file,
+                              validate_files=self.validate_files)
+        self.skipped_files = list(index.skipped)
+        split_files = self.split_files
+        trial_files = {"val": self.val_trials_file, "test": self.test_trials_file}
+        if self.synthetic:
+            split_files = split_files or {s: root / "splits" / f"{s}.txt" for s in SPLITS}
+            for s in ("val", "test"):
+                if trial_files[s] is None and (root / f"trials_{s}.txt").is_file():
+                    trial_files[s] = root / f"trials_{s}.txt"
+        self._splits = self._make_splits(index, root, split_files, trial_files)
+        degrader = Degrader(self.degradation, self.sample_rate) if self.degradation.enabled \
+            else None
+        common = {"sample_rate": self.sample_rate, "image_size": self.image_size,
+                  "mean": self.mean, "std": self.std, "resample": self.resample,
+                  "degrader": degrader, "estimate_snr": self.estimate_snr}
+        self._datasets = {
+            "train": FaceVoiceDataset(index, self._splits["train"], split="train", train=True,
+                                      crop_seconds=self.crop_seconds, **common),
+            **{s: FaceVoiceDataset(index, self._splits[s], split=s, train=False,
+                                   max_seconds=self.eval_max_seconds, **common)
+               for s in ("val", "test")}}
+        if not len(self._datasets["train"]):
+            raise ValueError(f"no training utterances under {index.wav_root}")
+        skipped = {Path(p).relative_to(index.wav_root).as_posix(): r
+                   for p, r in index.skipped if _is_below(p, index.wav_root)}
+        for s in ("val", "test"):
+            ds = self._datasets[s]
+            if trial_files[s] is not None:
+                trials, dropped = read_trials(_resolve(trial_files[s], root), index.wav_root,
+                                              allowed=ds.path_to_index, skipped=skipped)
+                self.skipped_files.extend(dropped)
+            elif len(ds.identities) >= 2:
+                by_id: dict[str, list[str]] = {}
+                for u in ds.items:
+                    by_id.setdefault(u.identity, []).append(u.path)
+                trials = make_trials(by_id, self.n_generated_trials, self.seed + 17 + len(s))
+            else:
+                trials = []
+            self._trials[s] = trials
+        if self.skipped_files:
+            log.warning("%d file(s)/trial(s) skipped in total (see .skipped_files)",
+                        len(self.skipped_files))
+        self._index = index
+        log.info("face-voice data %s: %s speakers, %s utterances, %d/%d val/test trials", root,
+                 {s: len(v) for s, v in self._splits.items()},
+                 {s: len(d) for s, d in self._datasets.items()},
+                 len(self._trials["val"]), len(self._trials["test"]))
+
+    def _make_splits(self, index: VoxCelebIndex, root: Path,
+                     split_files: Mapping[str, Any] | None,
+                     trial_files: Mapping[str, Any]) -> dict[str, list[str]]:
+        known = set(index.identities)
+        if split_files:
+            missing = [s for s in SPLITS if s not in split_files]
+            if missing:
+                raise KeyError(f"split_files lacks {missing}; give train, val and test files")
+            splits = {}
+            for s in SPLITS:
+                f = _resolve(split_files[s], root)
+                ids = read_identity_list(f)
+                lost = {Path(p).relative_to(index.wav_root).parts[0]
+                        for p, _ in index.skipped if _is_below(p, index.wav_root)}
+                unknown = [i for i in ids if i not in known and i not in lost]
+                if unknown:
+                    raise ValueError(f"{f}: identities {unknown[:10]} have no utterances "
+                                     f"under {index.wav_root}")
+                splits[s] = sorted(i for i in ids if i in known)
+        else:
+            fixed: dict[str, set[str] | None] = {}
+            for s in ("test", "val"):
+                fixed[s] = None
+                if trial_files.get(s) is not None:
+                    f = _resolve(trial_files[s], root)
+                    if not f.is_file():
+                        raise FileNotFoundError(f"{s} trial list not found: {f}")
+                    fixed[s] = {p.split("/")[0] for line in f.read_text().splitlines()
+                                for p in line.split()[1:3]} & known
+            splits = split_identities(index.identities, self.n_val_identities,
+                                      self.n_test_identities, self.seed, fixed["test"],
+                                      fixed["val"])
+        check_disjoint(splits)
+        return splits
+
+    # ------------------------------------------------------------------ attributes
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        """Identity lists per split (``train`` / ``val`` / ``test``)."""
+        self._build()
+        return self._splits
+
+    @property
+    def datasets(self) -> dict[str, FaceVoiceDataset]:
+        self._build()
+        return self._datasets
+
+    @property
+    def num_classes(self) -> int:
+        """Number of training speakers."""
+        self._build()
+        return len(self._splits["train"])
+
+    @property
+    def teacher_input_shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    @property
+    def student_input_shape(self) -> tuple[int]:
+        """Training crop shape (eval utterances vary in length)."""
+        return (int(round(self.crop_seconds * self.sample_rate)),)
+
+    @property
+    def val_trials(self) -> list[Trial]:
+        self._build()
+        return self._trials["val"]
+
+    @property
+    def test_trials(self) -> list[Trial]:
+        self._build()
+        return self._trials["test"]
+
+    def trials(self, split: str) -> list[Trial]:
+        self._build()
+        return self._trials[split]
+
+    def eval_dataset(self, split: str) -> FaceVoiceDataset:
+        """All utterances of the split's speakers (full length), one sample each."""
+        self._build()
+        return self._datasets[split]
+
+    @property
+    def wav_root(self) -> Path:
+        self._build()
+        return self._index.wav_root
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        self._build()
+        ds = self._datasets["train"]
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=True,
+                          drop_last=len(ds) >= 2 * self.batch_size, collate_fn=pad_collate,
+                          **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.eval_dataloader("test")
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        self._build()
+        return DataLoader(self._datasets[split], batch_size=self.eval_batch_size, shuffle=False,
+                          collate_fn=pad_collate, **self._loader_kwargs())
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
+                "persistent_workers": self.num_workers > 0}
+
+
+def _resolve(path: str | Path, root: Path) -> Path:
+    """Absolute paths as they are; relative ones against ``root`` if that exists."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or not (root / p).exists():
+        return p
+    return root / p
+
+
+def _is_below(path: str, root: Path) -> bool:
+    try:
+        Path(path).relative_to(root)
+    except ValueError:
+        return False
+    return True
