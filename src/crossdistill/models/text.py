@@ -88,7 +88,10 @@ class TextTransformerEncoder(nn.Module):
             self.token_emb.weight[pad_id].zero_()
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(embedding [B, D], token features [B, L, d_model])``."""
+        """Return ``(embedding [B, D], token feature map [B, d_model, L])``.
+
+        The feature map is channels-first like image maps; padded positions are zeroed.
+        """
         x = _check_ids(x, self.vocab_size)
         B, L = x.shape
         if self.max_len < L:
@@ -104,7 +107,8 @@ class TextTransformerEncoder(nn.Module):
         h = self.token_emb(x) + self.pos_emb(pos)[None]
         h = self.encoder(h, src_key_padding_mask=~attn_valid)
         emb = self.proj(masked_mean(h, valid))
-        return emb, h
+        fmap = (h * valid.unsqueeze(-1).to(h.dtype)).transpose(1, 2)
+        return emb, fmap
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with_features(x)[0]
@@ -185,7 +189,10 @@ class HuggingFaceTextEncoder(nn.Module):
     def forward(self, x: Tensor | list[str]) -> Tensor:
         if isinstance(x, (list, tuple)):
             enc = self.tokenizer(
-                list(x), padding=True, truncation=True, max_length=self.max_len,
+                list(x),
+                padding=True,
+                truncation=True,
+                max_length=self.max_len,
                 return_tensors="pt",
             ).to(next(self.model.parameters()).device)
             ids, mask = enc["input_ids"], enc["attention_mask"]
