@@ -108,10 +108,20 @@ class QualityWeighter(nn.Module):
             return ()
         return tuple(getattr(self.estimator, "batch_keys", ()))
 
+    def forward(
+        self, batch: Mapping[str, Any] | Tensor, inputs: LossInputs | None = None
+    ) -> Tensor:
+        """Weights ``[B]`` for a training step: ``quality(batch, inputs)`` runs the
+        estimator (as the distillation module calls it); a tensor of qualities ``[B]``
+        is weighted directly (:meth:`weights`)."""
+        if isinstance(batch, Mapping):
+            return self.from_batch(batch, inputs)
+        return self.weights(batch)
+
     def from_batch(self, batch: Mapping[str, Any], inputs: LossInputs | None = None) -> Tensor:
         """Estimate the qualities with ``estimator`` and return the weights."""
         if self.rule == "none":
-            ref = batch.get("label") if isinstance(batch, Mapping) else None
+            ref = batch.get("label")
             if ref is None and inputs is not None:
                 ref = inputs.labels
             if ref is None:
@@ -119,7 +129,7 @@ class QualityWeighter(nn.Module):
             return torch.ones(len(ref), device=torch.as_tensor(ref).device)
         if self.estimator is None:
             raise ValueError(f"QualityWeighter(rule={self.rule!r}) has no estimator")
-        return self(self.estimator(batch, inputs))
+        return self.weights(self.estimator(batch, inputs))
 
     @torch.no_grad()
     def _update(self, q: Tensor) -> None:
@@ -136,7 +146,8 @@ class QualityWeighter(nn.Module):
                 self.running_var.mul_(1 - m).add_(m * var)
         self.num_batches_tracked.add_(1)
 
-    def forward(self, quality: Tensor) -> Tensor:
+    def weights(self, quality: Tensor) -> Tensor:
+        """Map qualities ``[B]`` to weights ``[B]`` (updates running stats in train mode)."""
         q = torch.as_tensor(quality).detach().reshape(-1).float()
         if self.rule == "none":
             return torch.ones_like(q)
