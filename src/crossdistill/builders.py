@@ -79,6 +79,18 @@ def loss_needs_teacher(loss: LossComposer) -> bool:
     return bool(loss.required_fields & TEACHER_FIELDS)
 
 
+def build_evaluator(
+    node: DictConfig | None, datamodule: pl.LightningDataModule, input_key: str, top_k: int
+) -> nn.Module | None:
+    """The val/test evaluator; ``None`` (classification accuracy) when not configured."""
+    if not is_enabled(node):
+        return None
+    return instantiate_wired(
+        node, num_classes=datamodule.num_classes, top_k=top_k, datamodule=datamodule,
+        input_key=input_key,
+    )
+
+
 def build_teacher_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> TeacherModule:
     encoder, classifier = build_encoder_and_classifier(cfg.teacher, datamodule, "teacher")
     return TeacherModule(
@@ -88,6 +100,9 @@ def build_teacher_module(cfg: DictConfig, datamodule: pl.LightningDataModule) ->
         optimizer=hydra.utils.instantiate(cfg.teacher.optimizer),
         scheduler=hydra.utils.instantiate(cfg.teacher.get("scheduler")),
         top_k=cfg.get("top_k", 1),
+        evaluator=build_evaluator(
+            cfg.teacher.get("evaluator"), datamodule, "teacher_input", cfg.get("top_k", 1)
+        ),
     )
 
 
@@ -104,6 +119,9 @@ def build_student_module(
         optimizer=hydra.utils.instantiate(cfg.student.optimizer),
         scheduler=hydra.utils.instantiate(cfg.student.get("scheduler")),
         top_k=cfg.get("top_k", 1),
+        evaluator=build_evaluator(
+            cfg.get("evaluator"), datamodule, "student_input", cfg.get("top_k", 1)
+        ),
     )
     if teacher is None:
         if loss_needs_teacher(loss):

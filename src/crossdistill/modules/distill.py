@@ -46,8 +46,11 @@ class DistillModule(StudentModule):
         quality: nn.Module | None = None,
         scheduler: SchedulerFactory | None = None,
         top_k: int = 1,
+        evaluator: nn.Module | None = None,
     ) -> None:
-        super().__init__(encoder, classifier, num_classes, optimizer, scheduler, loss, top_k)
+        super().__init__(
+            encoder, classifier, num_classes, optimizer, scheduler, loss, top_k, evaluator
+        )
         self.teacher_encoder = freeze(teacher_encoder)
         self.teacher_classifier = freeze(teacher_classifier)
         self.projection = projection
@@ -93,7 +96,8 @@ class DistillModule(StudentModule):
             student_feature_map=s_map,
         )
         if needed & TEACHER_FIELDS or self.quality is not None:
-            t_emb, t_map = self.teacher_forward(batch["teacher_input"], "teacher_feature_map" in needed)
+            with_map = "teacher_feature_map" in needed
+            t_emb, t_map = self.teacher_forward(batch["teacher_input"], with_map)
             inputs.teacher_raw_embedding = t_emb
             inputs.teacher_feature_map = t_map
             if "teacher_logits" in needed:

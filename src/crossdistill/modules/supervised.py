@@ -12,16 +12,17 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from crossdistill.losses import LossComposer, LossInputs
+from crossdistill.modules.evaluators import ClassificationEvaluator, Evaluator
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
 
 class SupervisedModule(pl.LightningModule):
-    """Encoder + classifier on ``batch[input_key]``; logs ``<split>/loss`` and ``<split>/acc``."""
+    """Encoder + classifier on ``batch[input_key]``, trained with the loss composer;
+    val/test metrics come from the ``evaluator`` (default: classification accuracy)."""
 
     input_key = "student_input"
 
@@ -34,6 +35,7 @@ class SupervisedModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         loss: LossComposer | None = None,
         top_k: int = 1,
+        evaluator: Evaluator | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -42,14 +44,7 @@ class SupervisedModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.loss = loss if loss is not None else LossComposer({"ce": {"weight": 1.0}})
-        self.top_ks = sorted({1, min(top_k, num_classes)})
-        self.metrics = nn.ModuleDict(
-            {
-                f"{split}_top{k}": MulticlassAccuracy(num_classes, top_k=k, average="micro")
-                for split in ("val", "test")
-                for k in self.top_ks
-            }
-        )
+        self.evaluator = evaluator or ClassificationEvaluator(num_classes, top_k)
 
     # -- forward -------------------------------------------------------------------
     def embed(self, x: Tensor) -> Tensor:
@@ -71,25 +66,23 @@ class SupervisedModule(pl.LightningModule):
         bs = batch["label"].shape[0]
         for name, value in parts.items():
             key = "train/loss" if name == "total" else f"train/loss_{name}"
-            self.log(key, value, batch_size=bs, on_step=False, on_epoch=True, prog_bar=key == "train/loss")
+            self.log(
+                key, value, batch_size=bs, on_step=False, on_epoch=True,
+                prog_bar=key == "train/loss",
+            )
         return total
 
-    def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
-        logits = self(batch[self.input_key])
-        labels = batch["label"]
-        loss = nn.functional.cross_entropy(logits, labels)
-        self.log(f"{split}/loss", loss, batch_size=labels.shape[0], sync_dist=True)
-        for k in self.top_ks:
-            metric = self.metrics[f"{split}_top{k}"]
-            metric(logits, labels)
-            name = f"{split}/acc" if k == 1 else f"{split}/acc_top{k}"
-            self.log(name, metric, on_step=False, on_epoch=True, prog_bar=k == 1)
-
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self.evaluator.step(self, batch, "val")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self.evaluator.step(self, batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self.evaluator.epoch_end(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.evaluator.epoch_end(self, "test")
 
     # -- optimisation --------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -100,7 +93,7 @@ class SupervisedModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}
 
 
 class TeacherModule(SupervisedModule):
