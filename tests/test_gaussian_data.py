@@ -37,7 +37,13 @@ def test_exp1_layout_matches_protocol(overlap):
 
 def test_gammas_of_the_three_experiments():
     assert [round(G.gamma_layout(o).gamma, 2) for o in (0, 2, 4, 6, 8, 10)] == [
-        0.0, 0.11, 0.25, 0.43, 0.67, 1.0]
+        0.0,
+        0.11,
+        0.25,
+        0.43,
+        0.67,
+        1.0,
+    ]
     assert [G.alpha_layout(k).gamma for k in (0, 10, 20, 30, 40)] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
     layout = G.modify_gamma_layout(5, 15)
     assert layout.gamma == 0.25 and layout.z_dim == 20
@@ -72,8 +78,14 @@ def test_impossible_settings_fail_clearly():
 
 
 def test_datamodule_batches_and_column_filter():
-    dm = GaussianMFHDataModule(layout="modify_gamma", shared=10, teacher_dim=50,
-                               hyperplane="ones", teacher_columns=list(range(10)), seed=1)
+    dm = GaussianMFHDataModule(
+        layout="modify_gamma",
+        shared=10,
+        teacher_dim=50,
+        hyperplane="ones",
+        teacher_columns=list(range(10)),
+        seed=1,
+    )
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch["teacher_input"].shape == (200, 10)

@@ -30,7 +30,7 @@ def _softmax(row):
 def _kl(t_row, s_row, temp=1.0):
     p = _softmax([v / temp for v in t_row])
     q = _softmax([v / temp for v in s_row])
-    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
 
 
 def test_kd_batchmean_matches_hand_computed_kl():
@@ -51,7 +51,9 @@ def test_kd_elementwise_mean_equals_mfh_kldivloss_default():
     reference = torch.nn.KLDivLoss()(torch.log_softmax(s, 1), torch.softmax(t, 1))
     ours = LF.kd_kl(s, t, 1.0, "elementwise_mean", scale_by_t2=False).mean()
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
-    batchmean = torch.nn.KLDivLoss(reduction="batchmean")(torch.log_softmax(s, 1), torch.softmax(t, 1))
+    batchmean = torch.nn.KLDivLoss(reduction="batchmean")(
+        torch.log_softmax(s, 1), torch.softmax(t, 1)
+    )
     assert LF.kd_kl(s, t, 1.0, "batchmean", False).mean().item() == pytest.approx(
         batchmean.item(), rel=1e-5
     )
@@ -80,8 +82,9 @@ def test_cross_entropy_matches_torch():
 
 
 def test_composer_weighted_sum_and_per_term_logging():
-    composer = LossComposer({"ce": {"weight": 1.0}, "kd": {"weight": 0.5, "temperature": 1.0,
-                                                          "scale_by_t2": False}})
+    composer = LossComposer(
+        {"ce": {"weight": 1.0}, "kd": {"weight": 0.5, "temperature": 1.0, "scale_by_t2": False}}
+    )
     total, parts = composer(LossInputs(labels=Y, student_logits=S, teacher_logits=T))
     ce = F.cross_entropy(S, Y)
     kd = torch.tensor([_kl(T[i].tolist(), S[i].tolist()) for i in range(2)]).mean()

@@ -6,9 +6,11 @@ classes, embedding sizes) are wired here, so configs never repeat them.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -17,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from torch import nn
+from torch.utils.data import DataLoader
 
+from crossdistill.cache import TeacherFeatureCache
 from crossdistill.losses import LossComposer
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
 from crossdistill.modules.distill import TEACHER_FIELDS
@@ -86,7 +90,10 @@ def build_evaluator(
     if not is_enabled(node):
         return None
     return instantiate_wired(
-        node, num_classes=datamodule.num_classes, top_k=top_k, datamodule=datamodule,
+        node,
+        num_classes=datamodule.num_classes,
+        top_k=top_k,
+        datamodule=datamodule,
         input_key=input_key,
     )
 
@@ -141,8 +148,68 @@ def build_student_module(
         loss=loss,
         projection=projection,
         quality=quality,
+        teacher_cache=build_teacher_cache(cfg, datamodule, teacher),
         **common,
     )
+
+
+_LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory")
+
+
+def build_teacher_cache(
+    cfg: DictConfig, datamodule: pl.LightningDataModule, teacher: TeacherModule
+) -> TeacherFeatureCache | None:
+    """With ``teacher.cache_features: true``: the frozen teacher's embeddings of the whole
+    training set, computed once (or reused) into one memory-mapped file keyed by the teacher
+    weights, the data config + dataset contents and the preprocessing. Refused when the
+    datamodule says its training teacher input is random per step."""
+    if not cfg.teacher.get("cache_features", False):
+        return None
+    deterministic = getattr(datamodule, "teacher_input_is_deterministic", None)
+    if deterministic is False:
+        raise ValueError(
+            "teacher.cache_features=true needs a teacher input that is fixed per sample index, "
+            "but this datamodule picks it at random per step (e.g. set "
+            "data.train_face_frame=per_index for the face-voice data)"
+        )
+    if deterministic is None:
+        log.warning(
+            "%s does not say whether its teacher input is fixed per index; caching "
+            "the teacher assumes it is",
+            type(datamodule).__name__,
+        )
+    train_loader = datamodule.train_dataloader()
+    dataset = train_loader.dataset
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    for key in _LOADER_KEYS:
+        data_cfg.pop(key, None)
+    paths = getattr(dataset, "paths", None)
+    fingerprint = {
+        "data": data_cfg,
+        "split": "train",
+        "num_samples": len(dataset),
+        "items": hashlib.sha256("\n".join(paths).encode()).hexdigest() if paths else None,
+    }
+    preprocessing = {"input_key": "teacher_input", "output": "teacher_encoder(x)"}
+    encoder = teacher.encoder
+    key = TeacherFeatureCache.make_key(encoder, fingerprint, preprocessing)
+    cache_dir = cfg.teacher.get("cache_dir") or Path(cfg.paths.teacher_cache_dir) / "features"
+    cache = TeacherFeatureCache(cache_dir, key, len(dataset), encoder.embedding_dim)
+    if cache.exists():
+        log.info("teacher feature cache: reusing %s", cache.array_path)
+        return cache
+    loader = DataLoader(
+        dataset,
+        batch_size=train_loader.batch_size or 1,
+        shuffle=False,
+        drop_last=False,
+        collate_fn=train_loader.collate_fn,
+        num_workers=train_loader.num_workers,
+    )
+    log.info(
+        "teacher feature cache: computing %d embeddings into %s", len(dataset), cache.array_path
+    )
+    return cache.build(encoder, loader, progress=False)
 
 
 def wandb_available() -> bool:

@@ -77,8 +77,11 @@ def diagnose(cfg: DictConfig) -> pd.DataFrame:
             f"{cfg.run_dir} is not a distillation run (its distill terms use no teacher); "
             "Algorithm 1 needs a teacher/student pair"
         )
-    loaders = {"train": run.datamodule.train_dataloader, "val": run.datamodule.val_dataloader,
-               "test": run.datamodule.test_dataloader}
+    loaders = {
+        "train": run.datamodule.train_dataloader,
+        "val": run.datamodule.val_dataloader,
+        "test": run.datamodule.test_dataloader,
+    }
     if cfg.split not in loaders:
         raise ValueError(f"split must be one of {sorted(loaders)}, got {cfg.split!r}")
     x_a, s_logits = collect(module, loaders[cfg.split](), cfg.max_samples)
@@ -87,8 +90,12 @@ def diagnose(cfg: DictConfig) -> pd.DataFrame:
     else:
         features, teacher_fn = x_a, module.teacher_logits
     scores = permutation_scores(
-        teacher_fn, features, s_logits, cfg.n_repeats,
-        torch.Generator().manual_seed(cfg.seed), event_dims=features.ndim - 2,
+        teacher_fn,
+        features,
+        s_logits,
+        cfg.n_repeats,
+        torch.Generator().manual_seed(cfg.seed),
+        event_dims=features.ndim - 2,
     )
     ranking = top_channels(scores, scores.shape[-1])
     table = pd.DataFrame({"channel": ranking.numpy(), "score": scores[ranking].numpy()})

@@ -23,7 +23,10 @@ register_resolvers()
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     run = load_run(cfg.run_dir, cfg.ckpt, cfg.stage)
     trainer = pl.Trainer(
-        accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
+        accelerator=cfg.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
         enable_model_summary=False,
     )
     if cfg.split == "test":

@@ -35,8 +35,9 @@ def find_checkpoint(run_dir: Path, ckpt: str, stage: str) -> Path:
         if recorded:
             path = Path(recorded)
         else:
-            candidates = sorted(p for p in (run_dir / "checkpoints").glob("*.ckpt")
-                                if p.name != "last.ckpt")
+            candidates = sorted(
+                p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"
+            )
             path = candidates[-1] if candidates else run_dir / "checkpoints" / "last.ckpt"
     elif ckpt == "last":
         path = run_dir / "checkpoints" / "last.ckpt"
@@ -67,7 +68,9 @@ def load_run(run_dir: str | Path, ckpt: str = "auto", stage: str = "student") ->
     teacher = None
     if stage == "teacher" or B.loss_needs_teacher(loss):
         teacher = B.build_teacher_module(cfg, datamodule)
-    module = teacher if stage == "teacher" else B.build_student_module(cfg, datamodule, loss, teacher)
+    module = (
+        teacher if stage == "teacher" else B.build_student_module(cfg, datamodule, loss, teacher)
+    )
     path = find_checkpoint(run_dir, ckpt, stage)
     teacher_store.load_weights(module, path)
     module.eval()

@@ -80,7 +80,9 @@ class GaussianMFHDataModule(pl.LightningDataModule):
                 raise ValueError(
                     f"data.teacher_columns {bad} out of range: x_a has {teacher_dim} columns"
                 )
-        self.teacher_columns = None if teacher_columns is None else [int(c) for c in teacher_columns]
+        self.teacher_columns = (
+            None if teacher_columns is None else [int(c) for c in teacher_columns]
+        )
         self.hyperplane = hyperplane
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.batch_size = batch_size or n_train  # full batch, as in the paper

@@ -66,9 +66,7 @@ def register_loss(name: str):
 def build_loss_term(name: str, **params) -> LossTerm:
     """Instantiate a registered term; unknown names and parameters fail loudly."""
     if name not in LOSS_TERMS:
-        raise KeyError(
-            f"unknown loss term {name!r}; registered terms: {sorted(LOSS_TERMS)}"
-        )
+        raise KeyError(f"unknown loss term {name!r}; registered terms: {sorted(LOSS_TERMS)}")
     cls = LOSS_TERMS[name]
     try:
         return cls(**params)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from crossdistill.cache import TeacherFeatureCache
 from crossdistill.losses import LossComposer, LossInputs
 from crossdistill.modules.supervised import OptimizerFactory, SchedulerFactory, StudentModule
 
@@ -31,6 +32,11 @@ class DistillModule(StudentModule):
     The teacher (a :class:`TeacherModule`'s encoder and classifier) stays in eval mode
     whatever ``train()`` is called with and never receives gradients. Only the fields
     that the configured terms read are computed.
+
+    ``teacher_cache``: a built :class:`TeacherFeatureCache` of the teacher embeddings of
+    the *training* set (row = ``batch["index"]``); training steps then read the embedding
+    from it instead of running the teacher (valid only when the teacher input is a function
+    of the index; eval still runs the teacher).
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class DistillModule(StudentModule):
         scheduler: SchedulerFactory | None = None,
         top_k: int = 1,
         evaluator: nn.Module | None = None,
+        teacher_cache: TeacherFeatureCache | None = None,
     ) -> None:
         super().__init__(
             encoder, classifier, num_classes, optimizer, scheduler, loss, top_k, evaluator
@@ -55,7 +62,13 @@ class DistillModule(StudentModule):
         self.teacher_classifier = freeze(teacher_classifier)
         self.projection = projection
         self.quality = quality
+        self.teacher_cache = teacher_cache
         needed = self.loss.required_fields
+        if teacher_cache is not None and "teacher_feature_map" in needed:
+            raise ValueError(
+                "teacher.cache_features stores embeddings only; the configured "
+                "terms need teacher_feature_map: disable the cache"
+            )
         if "teacher_embedding" in needed and projection is None:
             t_dim = getattr(teacher_encoder, "embedding_dim", None)
             s_dim = getattr(encoder, "embedding_dim", None)
@@ -71,8 +84,18 @@ class DistillModule(StudentModule):
         self.teacher_classifier.eval()
         return self
 
-    def teacher_forward(self, x_a: Tensor, with_features: bool = False):
-        """Frozen teacher embedding (and feature map) for ``x_a``."""
+    def teacher_forward(
+        self, x_a: Tensor, with_features: bool = False, index: Tensor | None = None
+    ):
+        """Frozen teacher embedding (and feature map) for ``x_a``; read from the cache in
+        training steps when one is set (``index`` = training-set indices)."""
+        if (
+            self.teacher_cache is not None
+            and self.training
+            and index is not None
+            and not with_features
+        ):
+            return self.teacher_cache.lookup(index, device=x_a.device).to(x_a.dtype), None
         with torch.no_grad():
             if with_features:
                 return self.teacher_encoder.forward_with_features(x_a)
@@ -97,7 +120,9 @@ class DistillModule(StudentModule):
         )
         if needed & TEACHER_FIELDS or self.quality is not None:
             with_map = "teacher_feature_map" in needed
-            t_emb, t_map = self.teacher_forward(batch["teacher_input"], with_map)
+            t_emb, t_map = self.teacher_forward(
+                batch["teacher_input"], with_map, batch.get("index")
+            )
             inputs.teacher_raw_embedding = t_emb
             inputs.teacher_feature_map = t_map
             if "teacher_logits" in needed:

@@ -67,7 +67,11 @@ class SupervisedModule(pl.LightningModule):
         for name, value in parts.items():
             key = "train/loss" if name == "total" else f"train/loss_{name}"
             self.log(
-                key, value, batch_size=bs, on_step=False, on_epoch=True,
+                key,
+                value,
+                batch_size=bs,
+                on_step=False,
+                on_epoch=True,
                 prog_bar=key == "train/loss",
             )
         return total

@@ -31,8 +31,18 @@ def register_resolvers() -> None:
 
 def print_config_tree(
     cfg: DictConfig,
-    order: Sequence[str] = ("data", "teacher", "student", "distill", "projection", "quality",
-                            "trainer", "logger", "callbacks", "paths"),
+    order: Sequence[str] = (
+        "data",
+        "teacher",
+        "student",
+        "distill",
+        "projection",
+        "quality",
+        "trainer",
+        "logger",
+        "callbacks",
+        "paths",
+    ),
 ) -> None:
     """Print the composed config as a tree (one branch per group)."""
     tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")

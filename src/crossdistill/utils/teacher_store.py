@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 
 def teacher_key(cfg: DictConfig) -> str:
-    """Hash of the resolved data + teacher config (minus ``ckpt_path``/``reuse``) + seed."""
+    """Hash of the resolved data + teacher config (minus ``ckpt_path``/``reuse`` and the
+    feature-cache switches, which do not change the teacher) + seed."""
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
-    for k in ("ckpt_path", "reuse"):
+    for k in ("ckpt_path", "reuse", "cache_features", "cache_dir"):
         teacher.pop(k, None)
     payload = {
         "data": OmegaConf.to_container(cfg.data, resolve=True),

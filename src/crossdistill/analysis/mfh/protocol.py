@@ -25,7 +25,7 @@ from crossdistill.analysis.stacked import (
     train_full_batch,
 )
 from crossdistill.data import gaussian as G
-from crossdistill.losses import LossComposer
+from crossdistill.losses import LossComposer, LossInputs
 from crossdistill.utils.config import CONFIG_DIR
 
 
@@ -90,13 +90,23 @@ def _rows(name: str, settings: list[dict], seeds: list[int], accs: dict[str, Ten
     rows = []
     for i, (setting, seed) in enumerate(zip(settings, seeds, strict=True)):
         for role, acc in accs.items():
-            rows.append({"experiment": name, **setting, "seed": seed, "role": role,
-                         "acc": 100.0 * float(acc[i])})
+            rows.append(
+                {
+                    "experiment": name,
+                    **setting,
+                    "seed": seed,
+                    "role": role,
+                    "acc": 100.0 * float(acc[i]),
+                }
+            )
     return rows
 
 
 def run_vary(
-    name: str, layouts: dict[float, G.ModalityLayout], seeds: list[int], hp: Hyper,
+    name: str,
+    layouts: dict[float, G.ModalityLayout],
+    seeds: list[int],
+    hp: Hyper,
     key: str,
 ) -> pd.DataFrame:
     """Experiments 1 and 2: teacher, KD student and No-KD student per (setting, seed)."""
@@ -122,8 +132,11 @@ def run_vary(
     kd = train_kd(xb, y, t_logits, StackedLinear.from_linears(inits["kd"]), hp)
     no_kd = train_ce(xb, y, StackedLinear.from_linears(inits["no_kd"]), hp)
     with torch.no_grad():
-        accs = {"teacher": accuracy(teacher(txa), ty), "kd": accuracy(kd(txb), ty),
-                "no_kd": accuracy(no_kd(txb), ty)}
+        accs = {
+            "teacher": accuracy(teacher(txa), ty),
+            "kd": accuracy(kd(txb), ty),
+            "no_kd": accuracy(no_kd(txb), ty),
+        }
     return pd.DataFrame(_rows(name, settings, seed_list, accs))
 
 
@@ -157,8 +170,6 @@ def joint_train(
     ce = ce_composer()
     for _ in range(hp.epochs):
         t, s = t_init(xa), s_init(xb)
-        from crossdistill.losses import LossInputs
-
         loss = (
             ce(LossInputs(labels=y, student_logits=t))[0]
             + ce(LossInputs(labels=y, student_logits=s))[0]
@@ -195,33 +206,51 @@ def table2(
             data1.add(*G.sample(layout, hp.n_train, a, rng))
             test.add(*G.sample(layout, hp.n_test, a, rng))
             data2.add(*G.sample(layout, hp.n_train, a, rng))  # fresh draw for the student stage
-            random_cols.append(np.random.RandomState(seed + 10_000).choice(width, shared, replace=False))
+            random_cols.append(
+                np.random.RandomState(seed + 10_000).choice(width, shared, replace=False)
+            )
             torch.manual_seed(seed)
             for role in ("teacher", "joint_t", "joint_s", "no_kd", "kd"):
                 inits[role].append(nn.Linear(width, 2))
             for mode in mg_inits:
                 mg_inits[mode].append(nn.Linear(shared, 2))
                 mg_kd_inits[mode].append(nn.Linear(width, 2))
-            meta.append({"shared": shared, "teacher_only": teacher_only, "gamma": layout.gamma,
-                         "seed": seed})
+            meta.append(
+                {
+                    "shared": shared,
+                    "teacher_only": teacher_only,
+                    "gamma": layout.gamma,
+                    "seed": seed,
+                }
+            )
     xa1, xb1, y1 = data1.tensors()
     txa, txb, ty = test.tensors()
     xa2, xb2, y2 = data2.tensors()
 
     teacher = train_ce(xa1, y1, StackedLinear.from_linears(inits["teacher"]), hp)
-    jt, js = joint_train(xa1, xb1, y1, StackedLinear.from_linears(inits["joint_t"]),
-                         StackedLinear.from_linears(inits["joint_s"]), hp)
+    jt, js = joint_train(
+        xa1,
+        xb1,
+        y1,
+        StackedLinear.from_linears(inits["joint_t"]),
+        StackedLinear.from_linears(inits["joint_s"]),
+        hp,
+    )
     with torch.no_grad():
         s_logits = js(xb1)
-    scores = permutation_scores(jt, xa1, s_logits, hp.n_repeats,
-                                torch.Generator().manual_seed(seeds[0]), vectorize=True)
+    scores = permutation_scores(
+        jt, xa1, s_logits, hp.n_repeats, torch.Generator().manual_seed(seeds[0]), vectorize=True
+    )
     no_kd = train_ce(xb2, y2, StackedLinear.from_linears(inits["no_kd"]), hp)
     with torch.no_grad():
         reg_logits = teacher(xa2)  # the regular teacher reads x_a (the public code fed x_b)
     kd = train_kd(xb2, y2, reg_logits, StackedLinear.from_linears(inits["kd"]), hp)
     with torch.no_grad():
-        accs = {"teacher": accuracy(teacher(txa), ty), "no_kd": accuracy(no_kd(txb), ty),
-                "kd": accuracy(kd(txb), ty)}
+        accs = {
+            "teacher": accuracy(teacher(txa), ty),
+            "no_kd": accuracy(no_kd(txb), ty),
+            "kd": accuracy(kd(txb), ty),
+        }
 
     recov_rows = []
     columns = {"gt": [], "alg1": [], "random": []}
@@ -230,8 +259,14 @@ def table2(
         alg1_cols = top_channels(scores[i], m["shared"]).numpy()
         columns["alg1"].append(alg1_cols)
         columns["random"].append(random_cols[i])
-        recov_rows.append({**m, "alg1_recovery": recovery_rate(torch.as_tensor(alg1_cols),
-                                                                list(range(m["shared"])))})
+        recov_rows.append(
+            {
+                **m,
+                "alg1_recovery": recovery_rate(
+                    torch.as_tensor(alg1_cols), list(range(m["shared"]))
+                ),
+            }
+        )
     for mode, cols in columns.items():
         sel2, sel_test = Batch(), Batch()
         for i, c in enumerate(cols):

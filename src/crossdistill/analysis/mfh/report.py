@@ -14,10 +14,15 @@ from scipy.stats import spearmanr  # noqa: E402
 
 # Read off the paper's figures (approximate) and Table 2 (exact); see shared notes.
 PAPER_FIG2 = {  # gamma -> (teacher, no_kd, kd)
-    0.0: (71.4, 67.9, 66.3), 1.0: (70.9, 67.9, 70.1),
+    0.0: (71.4, 67.9, 66.3),
+    1.0: (70.9, 67.9, 70.1),
 }
 PAPER_FIG3 = {  # alpha -> teacher accuracy; KD student ~58.5 -> 57.5, No-KD ~57.5
-    0.0: 58.5, 0.5: 64.0, 0.67: 71.5, 0.75: 78.0, 0.8: 88.5,
+    0.0: 58.5,
+    0.5: 64.0,
+    0.67: 71.5,
+    0.75: 78.0,
+    0.8: 88.5,
 }
 PAPER_TABLE2 = {  # gamma -> (regular T, MG T, No-KD, Regular-KD, MG-KD)
     0.25: (89.70, 64.84, 59.29, 59.46, 61.01),
@@ -48,13 +53,19 @@ def _delta(df: pd.DataFrame, key: str, a: str, b: str) -> pd.DataFrame:
 def table_vary(df: pd.DataFrame, key: str, label: str, paper: str) -> str:
     s = summary(df, key)
     delta = _delta(df, key, "kd", "no_kd")
-    lines = [f"| {label} | Teacher | No-KD student | KD student | Δ KD − No-KD | paper |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"| {label} | Teacher | No-KD student | KD student | Δ KD − No-KD | paper |",
+        "|---|---|---|---|---|---|",
+    ]
     for value in s.index:
-        cells = [f"{s.loc[value, ('mean', r)]:.2f} ± {s.loc[value, ('std', r)]:.2f}"
-                 for r in ("teacher", "no_kd", "kd")]
+        cells = [
+            f"{s.loc[value, ('mean', r)]:.2f} ± {s.loc[value, ('std', r)]:.2f}"
+            for r in ("teacher", "no_kd", "kd")
+        ]
         d = f"{delta.loc[value, 'mean']:+.2f} ± {delta.loc[value, 'std']:.2f}"
-        lines.append(f"| {value:.2f} | " + " | ".join(cells) + f" | {d} | {paper_cell(paper, value)} |")
+        lines.append(
+            f"| {value:.2f} | " + " | ".join(cells) + f" | {d} | {paper_cell(paper, value)} |"
+        )
     return "\n".join(lines)
 
 
@@ -74,16 +85,24 @@ def table2_markdown(df: pd.DataFrame, recovery: pd.DataFrame) -> str:
     rec = recovery.groupby("gamma").alg1_recovery.mean()
     for mode in ("gt", "alg1", "random"):
         out.append(f"\n### Modality-general teacher chosen by `{mode}`\n")
-        out.append("| γ | Regular T | MG T | No-KD | Regular-KD | MG-KD | Δ MG-KD − Regular-KD |"
-                   + (" Alg. 1 recovery |" if mode == "alg1" else ""))
+        out.append(
+            "| γ | Regular T | MG T | No-KD | Regular-KD | MG-KD | Δ MG-KD − Regular-KD |"
+            + (" Alg. 1 recovery |" if mode == "alg1" else "")
+        )
         out.append("|---|---|---|---|---|---|---|" + ("---|" if mode == "alg1" else ""))
         for gamma, part in df.groupby("gamma"):
             role = {r: part[part.role == r].acc for r in part.role.unique()}
             wide = part.pivot_table(index="seed", columns="role", values="acc")
             d = wide[f"mg_kd_{mode}"] - wide["kd"]
-            row = [f"{gamma:.2f}", _ms(role["teacher"]), _ms(role[f"mg_teacher_{mode}"]),
-                   _ms(role["no_kd"]), _ms(role["kd"]), _ms(role[f"mg_kd_{mode}"]),
-                   f"{d.mean():+.2f} ± {d.std(ddof=0):.2f}"]
+            row = [
+                f"{gamma:.2f}",
+                _ms(role["teacher"]),
+                _ms(role[f"mg_teacher_{mode}"]),
+                _ms(role["no_kd"]),
+                _ms(role["kd"]),
+                _ms(role[f"mg_kd_{mode}"]),
+                f"{d.mean():+.2f} ± {d.std(ddof=0):.2f}",
+            ]
             if mode == "alg1":
                 row.append(f"{100 * rec.loc[gamma]:.1f} %")
             out.append("| " + " | ".join(row) + " |")
@@ -128,29 +147,40 @@ def hypothesis_checks(exp1: pd.DataFrame, exp2: pd.DataFrame, t2: pd.DataFrame) 
     checks = []
     d1 = _delta(exp1, "gamma", "kd", "no_kd")["mean"]
     rho = spearmanr(d1.index, d1.values).statistic
-    checks.append(Check(
-        "exp1: KD − No-KD grows with γ, negative at γ=0, positive at γ=1",
-        bool(rho >= 0.8 and d1.iloc[0] < 0 < d1.iloc[-1]),
-        f"Δ(γ=0) = {d1.iloc[0]:+.2f}, Δ(γ=1) = {d1.iloc[-1]:+.2f}, Spearman ρ(γ, Δ) = {rho:.2f}",
-    ))
+    checks.append(
+        Check(
+            "exp1: KD − No-KD grows with γ, negative at γ=0, positive at γ=1",
+            bool(rho >= 0.8 and d1.iloc[0] < 0 < d1.iloc[-1]),
+            f"Δ(γ=0) = {d1.iloc[0]:+.2f}, Δ(γ=1) = {d1.iloc[-1]:+.2f}, "
+            f"Spearman ρ(γ, Δ) = {rho:.2f}",
+        )
+    )
     s2 = summary(exp2, "alpha")
     teacher, kd = s2[("mean", "teacher")], s2[("mean", "kd")]
     rho_t = spearmanr(teacher.index, teacher.values).statistic
-    checks.append(Check(
-        "exp2: the teacher improves with α while the KD student does not",
-        bool(rho_t >= 0.9 and teacher.iloc[-1] - teacher.iloc[0] > 10
-             and kd.iloc[-1] - kd.iloc[0] <= 1.0),
-        f"teacher {teacher.iloc[0]:.2f} → {teacher.iloc[-1]:.2f} (ρ = {rho_t:.2f}); "
-        f"KD student {kd.iloc[0]:.2f} → {kd.iloc[-1]:.2f}",
-    ))
+    checks.append(
+        Check(
+            "exp2: the teacher improves with α while the KD student does not",
+            bool(
+                rho_t >= 0.9
+                and teacher.iloc[-1] - teacher.iloc[0] > 10
+                and kd.iloc[-1] - kd.iloc[0] <= 1.0
+            ),
+            f"teacher {teacher.iloc[0]:.2f} → {teacher.iloc[-1]:.2f} (ρ = {rho_t:.2f}); "
+            f"KD student {kd.iloc[0]:.2f} → {kd.iloc[-1]:.2f}",
+        )
+    )
     m = t2.groupby(["gamma", "role"]).acc.mean().unstack()
     for mode in ("gt", "alg1"):
         weaker = (m[f"mg_teacher_{mode}"] < m["teacher"]).all()
         better = (m[f"mg_kd_{mode}"] > m["kd"]).all()
         gaps = ", ".join(f"{g:.2f}: {v:+.2f}" for g, v in (m[f"mg_kd_{mode}"] - m["kd"]).items())
-        checks.append(Check(
-            f"table2 ({mode}): MG teacher weaker than the regular one, its student better, every γ",
-            bool(weaker and better),
-            f"MG-KD − Regular-KD by γ: {gaps}",
-        ))
+        checks.append(
+            Check(
+                f"table2 ({mode}): MG teacher weaker than the regular one, "
+                "its student better, every γ",
+                bool(weaker and better),
+                f"MG-KD − Regular-KD by γ: {gaps}",
+            )
+        )
     return checks

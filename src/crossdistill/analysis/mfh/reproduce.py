@@ -18,15 +18,21 @@ from crossdistill.utils.config import PROJECT_ROOT
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", type=Path, default=None,
-                   help="output dir (default: outputs/mfh_reproduction/<date>_<time>)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output dir (default: outputs/mfh_reproduction/<date>_<time>)",
+    )
     p.add_argument("--seeds", type=int, default=10, help="runs per setting (paper: 10)")
     p.add_argument("--epochs", type=int, default=1000, help="SGD epochs per model (paper: 1000)")
-    p.add_argument("--repeats", type=int, default=100,
-                   help="Algorithm-1 permutations per channel (paper: 100)")
+    p.add_argument(
+        "--repeats", type=int, default=100, help="Algorithm-1 permutations per channel (paper: 100)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--allow-failed-checks", action="store_true",
-                   help="exit 0 even if a hypothesis check fails")
+    p.add_argument(
+        "--allow-failed-checks", action="store_true", help="exit 0 even if a hypothesis check fails"
+    )
     return p.parse_args(argv)
 
 
@@ -57,10 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     exp2.to_csv(out / "exp2_raw.csv", index=False)
     t2.to_csv(out / "table2_raw.csv", index=False)
     recovery.to_csv(out / "table2_alg1_recovery.csv", index=False)
-    R.plot_vary(exp1, "gamma", "γ (share of modality-general decisive features)",
-                out / "fig2_exp1_gamma.png", "Exp. 1: vary γ (paper Fig. 2)")
-    R.plot_vary(exp2, "alpha", "α (share of teacher-only decisive features)",
-                out / "fig3_exp2_alpha.png", "Exp. 2: vary α (paper Fig. 3)")
+    R.plot_vary(
+        exp1,
+        "gamma",
+        "γ (share of modality-general decisive features)",
+        out / "fig2_exp1_gamma.png",
+        "Exp. 1: vary γ (paper Fig. 2)",
+    )
+    R.plot_vary(
+        exp2,
+        "alpha",
+        "α (share of teacher-only decisive features)",
+        out / "fig3_exp2_alpha.png",
+        "Exp. 2: vary α (paper Fig. 3)",
+    )
     sections = {
         "exp1.md": "## Experiment 1 (paper Fig. 2): vary γ\n\n"
         + R.table_vary(exp1, "gamma", "γ", "fig2"),
@@ -79,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         f"permutations per channel; mean ± std over seeds (test accuracy, %).\n"
         f"Command: `python scripts/reproduce_mfh.py {' '.join(argv or sys.argv[1:])}`\n\n"
     )
-    (out / "README.md").write_text(header + check_text + "\n" + "\n\n".join(sections.values()) + "\n")
+    (out / "README.md").write_text(
+        header + check_text + "\n" + "\n\n".join(sections.values()) + "\n"
+    )
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     print(check_text)
     print(f"tables, raw CSVs and plots in {out}")
