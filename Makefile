@@ -6,15 +6,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
 export WANDB_MODE ?= offline
+# the main job on built-in data; override: make train ARGS="experiment=mfh/exp2 seed=1"
+ARGS ?= experiment=mfh/exp1
 export WANDB_SILENT ?= true
 
-.PHONY: help install train test test-full lint format reproduce-mfh benchmark-mfh clean
+.PHONY: help install train test test-full lint format reproduce-mfh reproduce-text-image benchmark-mfh clean
 
 help:
 	@echo "make train          run the main job on built-in data (ARGS='key=value ...' to override)"
 	@echo "make test           fast tests (excludes slow)"
 	@echo "make test-full      all tests, including slow ones"
 	@echo "make reproduce-mfh  MFH Fig. 2 / Fig. 3 / Table 2 -> outputs/mfh_reproduction/latest"
+	@echo "make reproduce-text-image  text->image table (8 methods x 3 seeds x 10/25/100 %) -> outputs/text_image_reproduction/latest (ARGS=--quick: minutes)"
 	@echo "make benchmark-mfh  batched vs one-by-one training speed"
 	@echo "make lint           ruff"
 
@@ -43,10 +46,13 @@ format: install
 	$(VENV)/bin/ruff format src tests scripts
 
 reproduce-mfh: install
-	$(PY) scripts/reproduce_mfh.py $(ARGS)
+	$(PY) scripts/reproduce_mfh.py $(MFH_ARGS)
+
+reproduce-text-image: install
+	$(PY) scripts/reproduce_text_image.py $(ARGS)
 
 benchmark-mfh: install
-	$(PY) scripts/benchmark_mfh.py $(ARGS)
+	$(PY) scripts/benchmark_mfh.py $(MFH_ARGS)
 
 clean:
 	rm -rf outputs/*/ .pytest_cache .ruff_cache

@@ -182,3 +182,23 @@ def test_wandb_logger_offline_without_key(compose_cfg, monkeypatch):
     cfg = compose_cfg("experiment=mfh/exp1", "logger=wandb", "debug=limit")
     summary = train(cfg)
     assert list(Path(summary["run_dir"]).glob("wandb/offline-run-*"))
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_writes_one_run_dir(tmp_path):
+    result = _cli(
+        "experiment=mfh/exp1",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=10",
+        "teacher.max_epochs=10",
+        "trainer.check_val_every_n_epoch=5",
+        f"paths.log_dir={tmp_path}",
+        f"paths.teacher_cache_dir={tmp_path}/teachers",
+        "print_config=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "mfh_exp1" / "runs").iterdir())
+    assert len(runs) == 1
+    summary = json.loads((runs[0] / "metrics.json").read_text())
+    assert summary["student"]["test/acc"] > 0.5

@@ -129,11 +129,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "teacher": teacher_metrics,
         "student": metrics,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    log.info("student test metrics: %s", json.dumps(metrics))
-    if teacher_metrics:
-        log.info("teacher test metrics: %s", json.dumps(teacher_metrics))
-    log.info("run dir: %s  (eval: crossdistill-eval run_dir=%s)", run_dir, run_dir)
+    if pl.utilities.rank_zero_only.rank == 0:  # one writer under DDP
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        log.info("student test metrics: %s", json.dumps(metrics))
+        if teacher_metrics:
+            log.info("teacher test metrics: %s", json.dumps(teacher_metrics))
+        log.info("run dir: %s  (eval: crossdistill-eval run_dir=%s)", run_dir, run_dir)
     return summary
 
 
