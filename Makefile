@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
 export WANDB_MODE ?= offline
 # the main job on built-in data; override: make train ARGS="experiment=mfh/exp2 seed=1"
-ARGS ?= experiment=mfh/exp1
+MAIN_JOB ?= experiment=mfh/exp1
 export WANDB_SILENT ?= true
 
 .PHONY: help install train test test-full lint format reproduce-mfh reproduce-text-image benchmark-mfh clean
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 train: install
-	$(VENV)/bin/crossdistill-train $(ARGS)
+	$(VENV)/bin/crossdistill-train $(or $(ARGS),$(MAIN_JOB))
 
 test: install
 	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
@@ -46,13 +46,13 @@ format: install
 	$(VENV)/bin/ruff format src tests scripts
 
 reproduce-mfh: install
-	$(PY) scripts/reproduce_mfh.py $(MFH_ARGS)
+	$(PY) scripts/reproduce_mfh.py $(ARGS)
 
 reproduce-text-image: install
 	$(PY) scripts/reproduce_text_image.py $(ARGS)
 
 benchmark-mfh: install
-	$(PY) scripts/benchmark_mfh.py $(MFH_ARGS)
+	$(PY) scripts/benchmark_mfh.py $(ARGS)
 
 clean:
 	rm -rf outputs/*/ .pytest_cache .ruff_cache
