@@ -202,3 +202,22 @@ def test_ddp_on_two_cpu_processes_writes_one_run_dir(tmp_path):
     assert len(runs) == 1
     summary = json.loads((runs[0] / "metrics.json").read_text())
     assert summary["student"]["test/acc"] > 0.5
+
+
+def test_optuna_search_runs_trials_on_validation(tmp_path):
+    result = _cli(
+        "experiment=mfh/exp1",
+        "hparams_search=mfh_optuna",
+        "hydra.sweeper.n_trials=2",
+        *SHORT,
+        f"paths.log_dir={tmp_path}",
+        f"paths.teacher_cache_dir={tmp_path}/teachers",
+        "print_config=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (multirun,) = list((tmp_path / "mfh_exp1" / "multiruns").iterdir())
+    best = OmegaConf.load(multirun / "optimization_results.yaml")
+    assert 0.5 < best.best_value <= 1.0
+    summary = json.loads((multirun / "0" / "metrics.json").read_text())
+    assert {"val/acc", "test/acc"} <= set(summary["student"])

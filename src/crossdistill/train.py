@@ -65,7 +65,8 @@ def fit_and_test(
     logger: list | None = None,
     **trainer_kw,
 ) -> tuple[dict[str, float], str | None]:
-    """Fit, then test on the selected checkpoint; return test metrics and that checkpoint."""
+    """Fit, then validate and test the selected checkpoint; return its val + test metrics
+    (sweepers optimise a ``val/`` metric: model selection never looks at test)."""
     trainer = B.build_trainer(
         cfg,
         callbacks=_callbacks(cfg, stage_dir),
@@ -74,8 +75,11 @@ def fit_and_test(
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     ckpt = _test_ckpt(cfg, trainer)
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
-    return _scalar_metrics(results[0] if results else {}), ckpt
+    metrics: dict[str, float] = {}
+    for run in (trainer.validate, trainer.test):
+        results = run(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+        metrics.update(_scalar_metrics(results[0] if results else {}))
+    return metrics, ckpt
 
 
 def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherModule, dict]:
@@ -150,8 +154,12 @@ def run_task(cfg: DictConfig) -> float | None:
                 wandb.finish()
         except ImportError:  # pragma: no cover
             pass
-    value = summary["student"].get(cfg.get("optimized_metric", "test/acc"))
-    return None if value is None else float(value)
+    name = cfg.get("optimized_metric", "val/acc")
+    value = summary["student"].get(name)
+    if value is None:
+        log.warning("optimized_metric %r not among %s", name, sorted(summary["student"]))
+        return None
+    return float(value)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
