@@ -115,18 +115,28 @@ def table2_markdown(df: pd.DataFrame, recovery: pd.DataFrame) -> str:
 
 
 def plot_vary(df: pd.DataFrame, key: str, xlabel: str, path: Path, title: str) -> None:
+    """Left: accuracy of each role vs the swept value (± 1 std over seeds). Right: the
+    per-seed difference KD − No-KD (± 1 std), which removes the seed-to-seed spread."""
     s = summary(df, key)
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    delta = _delta(df, key, "kd", "no_kd")
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(9, 3.6))
     names = {"teacher": "Teacher", "no_kd": "No-KD student", "kd": "KD student"}
     for role, label in names.items():
         m, sd = s[("mean", role)], s[("std", role)]
         ax.plot(s.index, m, marker="o", label=label)
         ax.fill_between(s.index, m - sd, m + sd, alpha=0.2)
-    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
     ax.legend()
+    m, sd = delta["mean"], delta["std"]
+    ax_d.plot(delta.index, m, marker="o", color="tab:green")
+    ax_d.fill_between(delta.index, m - sd, m + sd, color="tab:green", alpha=0.2)
+    ax_d.axhline(0.0, color="gray", lw=1)
+    ax_d.set_ylabel("KD − No-KD (points)")
+    ax_d.set_title("gain from distillation")
+    for a in (ax, ax_d):
+        a.set_xlabel(xlabel)
+        a.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
