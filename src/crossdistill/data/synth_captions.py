@@ -24,6 +24,12 @@ Kind probabilities are ``p_informative`` / ``p_attribute_only`` / ``p_corrupt`` 
 ``informativeness`` (k in [0, 1]) is given, ``k`` / ``0.75 (1 - k)`` / ``0.25 (1 - k)``.
 Each line also stores the nuisance attributes (``colour``, ``size``, ``position``,
 ``background``).
+
+``independent_captions=True`` draws caption kinds and words from their own random stream,
+so images, labels and nuisance attributes do not depend on the caption parameters: two
+sets that differ only in ``informativeness`` then hold the same images (the text -> image
+poor-teacher experiment relies on this). The default (``False``) keeps the original single
+stream, i.e. the same data as before this option existed.
 """
 
 from __future__ import annotations
@@ -118,6 +124,7 @@ class SynthCaptionsParams:
     noise_std: float = 12.0
     max_rotation: float = 12.0
     seed: int = 0
+    independent_captions: bool = False
     version: int = field(default=GENERATOR_VERSION)
 
     def kind_probs(self) -> tuple[float, float, float]:
@@ -318,10 +325,16 @@ def _write_split(
     out: Path, split: str, per_class: int, params: SynthCaptionsParams, seed_offset: int
 ) -> dict[str, int]:
     rng = np.random.default_rng([params.seed, seed_offset])
+    # captions from their own stream: images do not depend on the caption parameters
+    cap_rng = (
+        np.random.default_rng([params.seed, seed_offset, 1])
+        if params.independent_captions
+        else rng
+    )
     class_names = list(SHAPES[: params.num_classes])
     probs = params.kind_probs()
     labels = rng.permutation(np.repeat(np.arange(params.num_classes), per_class))
-    kinds = rng.choice(len(CAPTION_KINDS), size=len(labels), p=np.array(probs) / sum(probs))
+    kinds = cap_rng.choice(len(CAPTION_KINDS), size=len(labels), p=np.array(probs) / sum(probs))
     (out / split / "images").mkdir(parents=True)
     counts = dict.fromkeys(CAPTION_KINDS, 0)
     lines = []
@@ -329,7 +342,7 @@ def _write_split(
         shape = class_names[int(y)]
         img, attrs = draw_sample(rng, shape, params)
         kind = CAPTION_KINDS[int(k)]
-        text, corruption = make_caption(rng, kind, shape, attrs, class_names)
+        text, corruption = make_caption(cap_rng, kind, shape, attrs, class_names)
         rel = f"images/{i:06d}.png"
         Image.fromarray(img).save(out / split / rel, compress_level=1)
         counts[kind] += 1
