@@ -17,6 +17,7 @@ help:
 	@echo "make test           fast tests (excludes slow)"
 	@echo "make test-full      all tests, including slow ones"
 	@echo "make reproduce-mfh  MFH Fig. 2 / Fig. 3 / Table 2 -> outputs/mfh_reproduction/latest"
+	@echo "make reproduce-c2kd face->voice C2KD table (9 rows x 3 seeds) -> outputs/c2kd_reproduction/ (ARGS=--quick: minutes)"
 	@echo "make reproduce-text-image  text->image table (8 methods x 3 seeds x 10/25/100 %) -> outputs/text_image_reproduction/latest (ARGS=--quick: minutes)"
 	@echo "make benchmark-mfh  batched vs one-by-one training speed"
 	@echo "make lint           ruff"
@@ -47,6 +48,9 @@ format: install
 
 reproduce-mfh: install
 	$(PY) scripts/reproduce_mfh.py $(ARGS)
+
+reproduce-c2kd: install
+	$(PY) scripts/reproduce_c2kd.py $(ARGS)
 
 reproduce-text-image: install
 	$(PY) scripts/reproduce_text_image.py $(ARGS)

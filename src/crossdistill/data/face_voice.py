@@ -72,6 +72,9 @@ class FaceVoiceDataModule(pl.LightningDataModule):
         val_trials / test_trials: trial-list files; if missing, ``n_generated_trials``
             balanced trials are drawn from the split (seeded).
         degradation: :class:`DegradationConfig` mapping (speech / face / splits / seed).
+        train_face_frame: face frame of a training sample: ``random`` (default),
+            ``per_index`` (fixed per sample; needed by ``teacher.cache_features``) or
+            ``first`` (see :class:`FaceVoiceDataset`).
         on_bad_file: ``raise`` or ``skip`` (skipped files are logged and listed in
             ``skipped_files``). validate_files: check every file header at setup.
     """
@@ -89,7 +92,8 @@ class FaceVoiceDataModule(pl.LightningDataModule):
                  degradation: Mapping[str, Any] | None = None, on_bad_file: str = "raise",
                  resample: bool = True, validate_files: bool = True, estimate_snr: bool = True,
                  mean: Sequence[float] = (0.5, 0.5, 0.5),
-                 std: Sequence[float] = (0.5, 0.5, 0.5), seed: int = 0):
+                 std: Sequence[float] = (0.5, 0.5, 0.5), seed: int = 0,
+                 train_face_frame: str = "random"):
         super().__init__()
         if on_bad_file not in ("raise", "skip"):
             raise ValueError(f"on_bad_file={on_bad_file!r}; valid: ['raise', 'skip']")
@@ -133,6 +137,10 @@ class FaceVoiceDataModule(pl.LightningDataModule):
         self.estimate_snr = estimate_snr
         self.mean, self.std = tuple(to_plain(mean)), tuple(to_plain(std))
         self.seed = seed
+        if train_face_frame not in FaceVoiceDataset.FACE_FRAME_MODES:
+            raise ValueError(f"train_face_frame={train_face_frame!r}; "
+                             f"valid: {list(FaceVoiceDataset.FACE_FRAME_MODES)}")
+        self.train_face_frame = train_face_frame
         self._index: VoxCelebIndex | None = None
         self._splits: dict[str, list[str]] = {}
         self._datasets: dict[str, FaceVoiceDataset] = {}
@@ -175,7 +183,8 @@ class FaceVoiceDataModule(pl.LightningDataModule):
                   "degrader": degrader, "estimate_snr": self.estimate_snr}
         self._datasets = {
             "train": FaceVoiceDataset(index, self._splits["train"], split="train", train=True,
-                                      crop_seconds=self.crop_seconds, **common),
+                                      crop_seconds=self.crop_seconds,
+                                      train_face_frame=self.train_face_frame, **common),
             **{s: FaceVoiceDataset(index, self._splits[s], split=s, train=False,
                                    max_seconds=self.eval_max_seconds, **common)
                for s in ("val", "test")}}
@@ -258,6 +267,12 @@ class FaceVoiceDataModule(pl.LightningDataModule):
         """Number of training speakers."""
         self._build()
         return len(self._splits["train"])
+
+    @property
+    def teacher_input_is_deterministic(self) -> bool:
+        """Whether training ``teacher_input`` is a function of the sample index (required
+        to cache the frozen teacher's outputs)."""
+        return self.train_face_frame != "random"
 
     @property
     def teacher_input_shape(self) -> tuple[int, int, int]:

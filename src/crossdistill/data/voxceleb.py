@@ -432,17 +432,25 @@ class FaceVoiceDataset(Dataset):
     """Paired (face frame, utterance) samples of a set of identities.
 
     ``train=True``: random ``crop_seconds`` crop (short utterances are wrapped around)
-    and a random face frame of the same video (else identity). ``train=False``: the full
+    and a face frame of the same video (else identity) chosen by ``train_face_frame``:
+    ``random`` (default), ``per_index`` (frame ``index mod n_frames``: fixed per sample,
+    so a frozen teacher's output can be cached) or ``first``. ``train=False``: the full
     utterance (cut at ``max_seconds`` if given) and the first frame of the same video.
     Labels are the identity's index within ``identities`` (sorted).
     """
+
+    FACE_FRAME_MODES = ("random", "per_index", "first")
 
     def __init__(self, index: VoxCelebIndex, identities: Sequence[str], *, split: str,
                  train: bool, sample_rate: int = 16000, crop_seconds: float = 2.0,
                  max_seconds: float | None = None, image_size: int | None = None,
                  mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
                  resample: bool = True, degrader: Degrader | None = None,
-                 estimate_snr: bool = True):
+                 estimate_snr: bool = True, train_face_frame: str = "random"):
+        if train_face_frame not in self.FACE_FRAME_MODES:
+            raise ValueError(f"train_face_frame={train_face_frame!r}; "
+                             f"valid: {list(self.FACE_FRAME_MODES)}")
+        self.train_face_frame = train_face_frame
         self.index = index
         self.identities = sorted(identities)
         self.label_of = {ident: i for i, ident in enumerate(self.identities)}
@@ -462,6 +470,12 @@ class FaceVoiceDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def teacher_input_is_deterministic(self) -> bool:
+        """True when ``teacher_input`` depends on the index only (no random face choice;
+        degradations are seeded per index)."""
+        return not self.train or self.train_face_frame != "random"
 
     @property
     def labels(self) -> list[int]:
@@ -498,7 +512,11 @@ class FaceVoiceDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         u = self.items[i]
         frames = self.index.face_frames(u.identity, u.video)
-        k = int(torch.randint(0, len(frames), ()).item()) if self.train else 0
+        k = 0
+        if self.train and self.train_face_frame == "random":
+            k = int(torch.randint(0, len(frames), ()).item())
+        elif self.train and self.train_face_frame == "per_index":
+            k = i % len(frames)
         face = load_face(frames[k], self.image_size)
         wave = self._load_audio(u)
         sample = {"label": torch.tensor(self.label_of[u.identity], dtype=torch.int64),

@@ -84,9 +84,10 @@ class VerificationEvaluator(Evaluator):
       the same trials with enrolment clean and the test utterance mixed with white noise
       at ``X`` dB SNR (``data.degrade.add_noise_at_snr`` over the true, unpadded length,
       seeded by ``(noise_seed, X, index)``: identical in every run).
-    * ``<split>/match_1of<k>`` for ``k`` in ``matching_k`` (when the module has a teacher,
-      i.e. a DistillModule): voice -> face matching of the student voice embeddings against
-      the projected teacher face embeddings (``metrics.matching``; chance = 1/k).
+    * ``<split>/match_1of<k>`` for ``k`` in ``matching_k`` (a DistillModule with a
+      projection head or a term on ``teacher_embedding``): voice -> face matching of the
+      student voice embeddings against the projected teacher face embeddings P(t) of the
+      paired faces (``metrics.matching``; chance = 1/k).
     * ``<split>/id_acc``: closed-set identification among the split's speakers: each
       speaker is enrolled with the mean embedding of its first video; every utterance of
       its other videos is classified by the most similar enrolment (cosine).
@@ -162,11 +163,17 @@ class VerificationEvaluator(Evaluator):
 
     @staticmethod
     def _teacher_face(module: pl.LightningModule, batch: dict[str, Tensor]) -> Tensor | None:
+        """P(t) of the paired faces; None without a teacher, or when nothing maps the teacher
+        into the student's space (no projection head and no term on teacher_embedding)."""
         teacher = getattr(module, "teacher_encoder", None)
         if teacher is None or "teacher_input" not in batch:
             return None
-        face = teacher(batch["teacher_input"])
         projection = getattr(module, "projection", None)
+        aligned = "teacher_embedding" in getattr(getattr(module, "loss", None),
+                                                 "required_fields", ())
+        if projection is None and not aligned:
+            return None
+        face = teacher(batch["teacher_input"])
         return projection(face) if projection is not None else face
 
     @torch.no_grad()
