@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
 export WANDB_MODE ?= offline
 # the main job on built-in data; override: make train ARGS="experiment=mfh/exp2 seed=1"
-MAIN_JOB ?= experiment=mfh/exp1
+MAIN_JOB ?= experiment=face_voice/c2kd
 export WANDB_SILENT ?= true
 
 .PHONY: help install train test test-full lint format reproduce-mfh reproduce-text-image benchmark-mfh clean
