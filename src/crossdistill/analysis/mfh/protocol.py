@@ -79,6 +79,37 @@ def train_ce(x: Tensor, y: Tensor, init: StackedLinear, hp: Hyper) -> StackedLin
     return train_full_batch(init, x, composer_loss(ce_composer(), y), hp.epochs, hp.lr)
 
 
+Group = tuple[Tensor, Tensor, list[nn.Linear], Tensor | None]  # x, y, inits, teacher logits
+
+
+def train_groups(groups: list[Group], hp: Hyper) -> list[StackedLinear]:
+    """Train several groups of independent models (same input width) as ONE stack.
+
+    A step of a stack costs about the same for 50 or 250 tiny models, so independent
+    roles are trained together. Groups either all have teacher logits (KD) or none (CE).
+    """
+    kd = [g[3] is not None for g in groups]
+    if any(kd) and not all(kd):
+        raise ValueError("train_groups needs all-KD or all-CE groups")
+    x = torch.cat([g[0] for g in groups])
+    y = torch.cat([g[1] for g in groups])
+    inits = [lin for g in groups for lin in g[2]]
+    model = StackedLinear.from_linears(inits, pad_to=x.shape[-1])
+    if all(kd):
+        loss = composer_loss(kd_composer(), y, torch.cat([g[3] for g in groups]).detach())
+    else:
+        loss = composer_loss(ce_composer(), y)
+    train_full_batch(model, x, loss, hp.epochs, hp.lr)
+    out, start = [], 0
+    for g in groups:
+        stop = start + len(g[2])
+        out.append(
+            StackedLinear(model.weight.detach()[start:stop], model.bias.detach()[start:stop])
+        )
+        start = stop
+    return out
+
+
 def train_kd(
     x_b: Tensor, y: Tensor, teacher_logits: Tensor, init: StackedLinear, hp: Hyper
 ) -> StackedLinear:
@@ -124,13 +155,15 @@ def run_vary(
             inits["no_kd"].append(nn.Linear(layout.student_dim, 2))
             settings.append({key: value, "gamma": layout.gamma})
             seed_list.append(seed)
-    xa, xb, y = train.tensors()
-    txa, txb, ty = test.tensors()
-    teacher = train_ce(xa, y, StackedLinear.from_linears(inits["teacher"]), hp)
+    width = max(layout.student_dim for layout in layouts.values())
+    xa, xb, y = train.tensors(pad_a=width)
+    txa, txb, ty = test.tensors(pad_a=width)
+    teacher, no_kd = train_groups(
+        [(xa, y, inits["teacher"], None), (xb, y, inits["no_kd"], None)], hp
+    )
     with torch.no_grad():
         t_logits = teacher(xa)
-    kd = train_kd(xb, y, t_logits, StackedLinear.from_linears(inits["kd"]), hp)
-    no_kd = train_ce(xb, y, StackedLinear.from_linears(inits["no_kd"]), hp)
+    (kd,) = train_groups([(xb, y, inits["kd"], t_logits)], hp)
     with torch.no_grad():
         accs = {
             "teacher": accuracy(teacher(txa), ty),
@@ -227,7 +260,6 @@ def table2(
     txa, txb, ty = test.tensors()
     xa2, xb2, y2 = data2.tensors()
 
-    teacher = train_ce(xa1, y1, StackedLinear.from_linears(inits["teacher"]), hp)
     jt, js = joint_train(
         xa1,
         xb1,
@@ -241,16 +273,6 @@ def table2(
     scores = permutation_scores(
         jt, xa1, s_logits, hp.n_repeats, torch.Generator().manual_seed(seeds[0]), vectorize=True
     )
-    no_kd = train_ce(xb2, y2, StackedLinear.from_linears(inits["no_kd"]), hp)
-    with torch.no_grad():
-        reg_logits = teacher(xa2)  # the regular teacher reads x_a (the public code fed x_b)
-    kd = train_kd(xb2, y2, reg_logits, StackedLinear.from_linears(inits["kd"]), hp)
-    with torch.no_grad():
-        accs = {
-            "teacher": accuracy(teacher(txa), ty),
-            "no_kd": accuracy(no_kd(txb), ty),
-            "kd": accuracy(kd(txb), ty),
-        }
 
     recov_rows = []
     columns = {"gt": [], "alg1": [], "random": []}
@@ -259,28 +281,42 @@ def table2(
         alg1_cols = top_channels(scores[i], m["shared"]).numpy()
         columns["alg1"].append(alg1_cols)
         columns["random"].append(random_cols[i])
-        recov_rows.append(
-            {
-                **m,
-                "alg1_recovery": recovery_rate(
-                    torch.as_tensor(alg1_cols), list(range(m["shared"]))
-                ),
-            }
-        )
-    for mode, cols in columns.items():
+        recovered = recovery_rate(torch.as_tensor(alg1_cols), list(range(m["shared"])))
+        recov_rows.append({**m, "alg1_recovery": recovered})
+    mg_train, mg_test = {}, {}
+    for mode, cols in columns.items():  # MG teacher inputs: the chosen x_a columns, 0-padded
         sel2, sel_test = Batch(), Batch()
         for i, c in enumerate(cols):
             sel2.add(data2.x_a[i][:, c], data2.x_b[i], data2.y[i])
             sel_test.add(test.x_a[i][:, c], test.x_b[i], test.y[i])
-        mxa2, _, _ = sel2.tensors(pad_a=width)
-        mtxa, _, _ = sel_test.tensors(pad_a=width)
-        mg_t = train_ce(mxa2, y2, StackedLinear.from_linears(mg_inits[mode], pad_to=width), hp)
-        with torch.no_grad():
-            mg_logits = mg_t(mxa2)
-        mg_kd = train_kd(xb2, y2, mg_logits, StackedLinear.from_linears(mg_kd_inits[mode]), hp)
-        with torch.no_grad():
-            accs[f"mg_teacher_{mode}"] = accuracy(mg_t(mtxa), ty)
-            accs[f"mg_kd_{mode}"] = accuracy(mg_kd(txb), ty)
+        mg_train[mode] = sel2.tensors(pad_a=width)[0]
+        mg_test[mode] = sel_test.tensors(pad_a=width)[0]
+
+    # stage 1, one stack: the regular teacher, the No-KD student and the three MG teachers
+    modes = list(columns)
+    teacher, no_kd, *mg_teachers = train_groups(
+        [(xa1, y1, inits["teacher"], None), (xb2, y2, inits["no_kd"], None)]
+        + [(mg_train[m], y2, mg_inits[m], None) for m in modes],
+        hp,
+    )
+    # stage 2, one stack: the students of the regular and of the three MG teachers
+    with torch.no_grad():
+        reg_logits = teacher(xa2)  # the regular teacher reads x_a (the public code fed x_b)
+        mg_logits = [t(mg_train[m]) for t, m in zip(mg_teachers, modes, strict=True)]
+    kd, *mg_kds = train_groups(
+        [(xb2, y2, inits["kd"], reg_logits)]
+        + [(xb2, y2, mg_kd_inits[m], lg) for m, lg in zip(modes, mg_logits, strict=True)],
+        hp,
+    )
+    with torch.no_grad():
+        accs = {
+            "teacher": accuracy(teacher(txa), ty),
+            "no_kd": accuracy(no_kd(txb), ty),
+            "kd": accuracy(kd(txb), ty),
+        }
+        for m, mg_t, mg_kd in zip(modes, mg_teachers, mg_kds, strict=True):
+            accs[f"mg_teacher_{m}"] = accuracy(mg_t(mg_test[m]), ty)
+            accs[f"mg_kd_{m}"] = accuracy(mg_kd(txb), ty)
     rows = []
     for i, m in enumerate(meta):
         for role, acc in accs.items():
