@@ -221,3 +221,24 @@ def test_optuna_search_runs_trials_on_validation(tmp_path):
     assert 0.5 < best.best_value <= 1.0
     summary = json.loads((multirun / "0" / "metrics.json").read_text())
     assert {"val/acc", "test/acc"} <= set(summary["student"])
+
+
+@pytest.mark.slow
+def test_verification_gathers_all_utterances_under_ddp(tmp_path):
+    """Each rank embeds half the eval utterances; the evaluator must score every trial."""
+    result = _cli(
+        "experiment=face_voice/c2kd",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "teacher.max_epochs=1",
+        f"paths.log_dir={tmp_path}",
+        f"paths.data_dir={tmp_path}/data",
+        f"paths.teacher_cache_dir={tmp_path}/t",
+        "print_config=false",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "only part of the split was embedded" not in result.stdout + result.stderr
+    (run,) = list((tmp_path / "face_voice" / "runs").iterdir())
+    student = json.loads((run / "metrics.json").read_text())["student"]
+    assert 0.0 <= student["test/eer"] <= 1.0 and "test/eer_snr0" in student
