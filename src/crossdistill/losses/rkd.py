@@ -128,15 +128,6 @@ class RKDAngleTerm(_RelationalTerm):
     Arguments as for ``rkd_distance``.
     """
 
-    def __init__(
-        self,
-        teacher_field: str = "teacher_embedding",
-        detach_teacher: bool = True,
-        loss: str = "smooth_l1",
-        beta: float = 1.0,
-    ) -> None:
-        super().__init__(teacher_field, detach_teacher, loss, beta)
-
     @staticmethod
     def _angles(x: Tensor) -> Tensor:
         diff = x.unsqueeze(0) - x.unsqueeze(1)  # [j, i] = e_i - e_j
