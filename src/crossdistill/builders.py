@@ -216,8 +216,8 @@ def wandb_available() -> bool:
     """True when a wandb key is configured (env or netrc) or a mode is set explicitly."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
         return True
-    netrc = os.path.expanduser("~/.netrc")
-    return os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text()
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:

@@ -75,10 +75,6 @@ class Batch:
         )
 
 
-def train_ce(x: Tensor, y: Tensor, init: StackedLinear, hp: Hyper) -> StackedLinear:
-    return train_full_batch(init, x, composer_loss(ce_composer(), y), hp.epochs, hp.lr)
-
-
 Group = tuple[Tensor, Tensor, list[nn.Linear], Tensor | None]  # x, y, inits, teacher logits
 
 
@@ -108,13 +104,6 @@ def train_groups(groups: list[Group], hp: Hyper) -> list[StackedLinear]:
         )
         start = stop
     return out
-
-
-def train_kd(
-    x_b: Tensor, y: Tensor, teacher_logits: Tensor, init: StackedLinear, hp: Hyper
-) -> StackedLinear:
-    loss = composer_loss(kd_composer(), y, teacher_logits.detach())
-    return train_full_batch(init, x_b, loss, hp.epochs, hp.lr)
 
 
 def _rows(name: str, settings: list[dict], seeds: list[int], accs: dict[str, Tensor]) -> list[dict]:
