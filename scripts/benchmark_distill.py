@@ -13,7 +13,9 @@ backward and optimizer step, in rounds (student, distill, distill+cache, repeate
 ``--rounds`` times; the fastest round of each mode is reported, as in ``timeit``). Prints
 samples/s of every mode, peak memory (CUDA: max allocated; CPU: peak RSS sampled every 5 ms
 during the mode, above the RSS at its start) and the ratio of epoch times to the
-student-only epoch (issue target: distill+cache <= 1.15x).
+student-only epoch (issue target: distill+cache <= 1.15x). Also times the check that keys
+the caches to the data files (``cache_check=content``: sha256 of every file; ``stat``:
+size + mtime), paid once per run, in the same rounds.
 
     python scripts/benchmark_distill.py
     python scripts/benchmark_distill.py --rounds 3 experiment=face_voice/c2kd_quality
@@ -35,6 +37,7 @@ from crossdistill import builders as B
 from crossdistill.losses import LossComposer
 from crossdistill.utils import teacher_store
 from crossdistill.utils.config import CONFIG_DIR, register_resolvers
+from crossdistill.utils.fingerprint import FINGERPRINT_MODES, fingerprint_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     dm = B.build_datamodule(cfg)
     teacher = B.build_teacher_module(cfg, dm)
-    cached = Path(cfg.paths.teacher_cache_dir) / teacher_store.teacher_key(cfg) / "teacher.ckpt"
+    key = teacher_store.teacher_key(cfg, B.data_fingerprint(cfg, dm))
+    cached = Path(cfg.paths.teacher_cache_dir) / key / "teacher.ckpt"
     if cached.exists():
         teacher_store.load_weights(teacher, cached)
         print(f"teacher: {cached}")
@@ -154,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     for module in modes.values():  # warm-up (allocator, lazy init)
         epoch(module, loader, device, 1)
     best: dict[str, tuple[int, float, int]] = {}
+    inputs = dm.input_paths()
+    check_secs = dict.fromkeys(FINGERPRINT_MODES, float("inf"))
     for r in range(args.rounds):
         for name, module in modes.items():
             n, secs, peak = epoch(module, loader, device, args.max_batches)
@@ -161,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"samples/s, peak +{peak / 2**20:.0f} MiB", flush=True)
             if name not in best or secs < best[name][1]:
                 best[name] = (n, secs, max(peak, best.get(name, (0, 0, 0))[2]))
+        for mode in FINGERPRINT_MODES:
+            t0 = time.perf_counter()
+            fingerprint_paths(inputs, mode)
+            check_secs[mode] = min(check_secs[mode], time.perf_counter() - t0)
     print(f"\n{cfg.data._target_.rsplit('.', 1)[-1]}, distill={list(cfg.distill)}, "
           f"device={device}, threads={torch.get_num_threads()}, "
           f"batch={dm.batch_size}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
@@ -168,6 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     base = best["student"][1]
     for name, (n, secs, peak) in best.items():
         print(f"{name:14s} {n / secs:10.1f} {secs:8.2f} {secs / base:10.3f} {peak / 2**20:9.0f}")
+    n_files = sum(
+        1 if Path(p).is_file() else sum(f.is_file() for f in Path(p).rglob("*")) for p in inputs
+    )
+    for mode, secs in check_secs.items():
+        print(f"cache_check={mode}: {secs:.3f}s for {n_files} files "
+              f"= {secs / base:.3f}x a student-only epoch (once per run)")
     ratio = best["distill+cache"][1] / base
     print(f"\ndistillation epoch with the teacher cache = {ratio:.3f}x the student-only epoch "
           f"(target <= 1.15x: {'met' if ratio <= 1.15 else 'NOT met'})")

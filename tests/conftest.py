@@ -37,3 +37,33 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+# tiny built-in face -> voice data and models: a training run takes seconds
+TINY_FACE_VOICE_DATA = {
+    "n_identities": 8, "n_shared": 2, "n_face_only": 1, "n_voice_only": 1,
+    "videos_per_identity": 2, "utterances_per_video": 2, "frames_per_video": 2,
+    "utt_seconds_min": 0.6, "utt_seconds_max": 0.8, "image_size": 16,
+    "n_val_identities": 2, "n_test_identities": 2, "n_trials": 12, "seed": 3,
+}  # fmt: skip
+TINY_FACE_VOICE = [
+    *(f"data.generator.{k}={v}" for k, v in TINY_FACE_VOICE_DATA.items()),
+    "data.image_size=16", "data.crop_seconds=0.5", "data.batch_size=8",
+    "data.eval_batch_size=8", "student.encoder.channels=[8,8,8,8,24]",
+    "student.encoder.n_mels=20", "student.encoder.embedding_dim=8",
+    "student.encoder.attention_channels=4", "student.encoder.se_channels=4",
+    "teacher.encoder.channels=[4,8,8,8]", "teacher.encoder.embedding_dim=8",
+    "++projection.hidden_dim=8", "logger=[]",
+]  # fmt: skip
+
+
+@pytest.fixture
+def tiny_face_voice(compose_cfg) -> Callable[..., DictConfig]:
+    """``tiny_face_voice(experiment, *overrides)``: a face_voice experiment shrunk to
+    seconds (``projection.hidden_dim`` is inert without a projection ``_target_``)."""
+
+    def make(experiment: str = "face_voice/c2kd", *extra: str) -> DictConfig:
+        return compose_cfg(f"experiment={experiment}", *TINY_FACE_VOICE, *extra)
+
+    return make
+

@@ -26,26 +26,6 @@ torch.set_num_threads(1)
 EXPERIMENTS = sorted(
     f"face_voice/{p.stem}" for p in (CONFIG_DIR / "experiment" / "face_voice").glob("*.yaml")
 )
-TINY = {"n_identities": 8, "n_shared": 2, "n_face_only": 1, "n_voice_only": 1,
-        "videos_per_identity": 2, "utterances_per_video": 2, "frames_per_video": 2,
-        "utt_seconds_min": 0.6, "utt_seconds_max": 0.8, "image_size": 16,
-        "n_val_identities": 2, "n_test_identities": 2, "n_trials": 12, "seed": 3}
-TINY_OVERRIDES = [
-    *(f"data.generator.{k}={v}" for k, v in TINY.items()),
-    "data.image_size=16", "data.crop_seconds=0.5", "data.batch_size=8",
-    "data.eval_batch_size=8", "student.encoder.channels=[8,8,8,8,24]",
-    "student.encoder.n_mels=20", "student.encoder.embedding_dim=8",
-    "student.encoder.attention_channels=4", "student.encoder.se_channels=4",
-    "teacher.encoder.channels=[4,8,8,8]", "teacher.encoder.embedding_dim=8",
-    "++projection.hidden_dim=8", "logger=[]",
-]
-
-
-def tiny_cfg(compose_cfg, experiment: str, *extra: str):
-    """``experiment`` shrunk to seconds (projection.hidden_dim is inert without a _target_)."""
-    return compose_cfg(f"experiment={experiment}", *TINY_OVERRIDES, *extra)
-
-
 # --------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_face_voice_experiments_compose(compose_cfg, experiment):
@@ -195,11 +175,8 @@ def test_snr_names():
 
 # --------------------------------------------------------------------------- pipeline
 @pytest.fixture()
-def tiny_dm_cfg(compose_cfg):
-    def make(experiment: str = "face_voice/c2kd", *extra: str):
-        return tiny_cfg(compose_cfg, experiment, *extra)
-
-    return make
+def tiny_dm_cfg(tiny_face_voice):
+    return tiny_face_voice
 
 
 def test_fast_dev_run_distillation_with_cache(tiny_dm_cfg):

@@ -10,6 +10,7 @@ import hashlib
 import inspect
 import logging
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities.seed import isolate_rng
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -25,6 +27,7 @@ from crossdistill.cache import TeacherFeatureCache
 from crossdistill.losses import LossComposer
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
 from crossdistill.modules.distill import TEACHER_FIELDS
+from crossdistill.utils.fingerprint import datamodule_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +157,16 @@ def build_student_module(
 
 
 _LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory")
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def data_fingerprint(cfg: DictConfig, datamodule: pl.LightningDataModule) -> str | None:
+    """Fingerprint of the files the datamodule reads (``cache_check``: content | stat),
+    computed once per datamodule; ``None`` for in-memory data defined by the config."""
+    if datamodule not in _FINGERPRINTS:
+        mode = cfg.get("cache_check", "content")
+        _FINGERPRINTS[datamodule] = datamodule_fingerprint(datamodule, mode)
+    return _FINGERPRINTS[datamodule]
 
 
 def build_teacher_cache(
@@ -161,8 +174,9 @@ def build_teacher_cache(
 ) -> TeacherFeatureCache | None:
     """With ``teacher.cache_features: true``: the frozen teacher's embeddings of the whole
     training set, computed once (or reused) into one memory-mapped file keyed by the teacher
-    weights, the data config + dataset contents and the preprocessing. Refused when the
-    datamodule says its training teacher input is random per step."""
+    weights, the data config, the contents of the files the data are read from (or their
+    size + mtime, ``cache_check=stat``) and the preprocessing. Refused when the datamodule
+    says its training teacher input is random per step."""
     if not cfg.teacher.get("cache_features", False):
         return None
     deterministic = getattr(datamodule, "teacher_input_is_deterministic", None)
@@ -189,6 +203,7 @@ def build_teacher_cache(
         "split": "train",
         "num_samples": len(dataset),
         "items": hashlib.sha256("\n".join(paths).encode()).hexdigest() if paths else None,
+        "files": data_fingerprint(cfg, datamodule),
     }
     preprocessing = {"input_key": "teacher_input", "output": "teacher_encoder(x)"}
     encoder = teacher.encoder
@@ -209,7 +224,8 @@ def build_teacher_cache(
     log.info(
         "teacher feature cache: computing %d embeddings into %s", len(dataset), cache.array_path
     )
-    return cache.build(encoder, loader, progress=False)
+    with isolate_rng():  # a cold cache leaves the student's random streams untouched
+        return cache.build(encoder, loader, progress=False)
 
 
 def wandb_available() -> bool:

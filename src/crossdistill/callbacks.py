@@ -3,8 +3,38 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ProgressBar
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from tqdm.auto import tqdm
+
+
+class LatestLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` always holds the latest training state.
+
+    Lightning 2.6 rewrites ``last.ckpt`` only when a top-k checkpoint was saved at the same
+    step, i.e. when the monitored metric improved: ``last`` then silently stays at an early
+    epoch (``test_ckpt=last`` tests it, resuming from it repeats epochs). Here ``last.ckpt``
+    is also written at every checkpointing point where nothing else was saved, and at the
+    end of training (so it is the final state even when the last epoch ran no validation).
+    Top-k (``best``) selection is Lightning's, unchanged.
+    """
+
+    def _save_last_if_behind(self, trainer: pl.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_if_behind(trainer)
 
 
 class EpochProgressBar(ProgressBar):

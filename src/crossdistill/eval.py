@@ -10,10 +10,8 @@ import logging
 from pathlib import Path
 
 import hydra
-import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from crossdistill.run_dir import load_run
 from crossdistill.utils.config import CONFIG_DIR, register_resolvers
 
 log = logging.getLogger("crossdistill")
@@ -21,6 +19,12 @@ register_resolvers()
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    import pytorch_lightning as pl  # imported here: `--help` and bad options answer at once
+
+    from crossdistill.run_dir import load_run
+    from crossdistill.validation import validate_eval_config
+
+    validate_eval_config(cfg)
     run = load_run(cfg.run_dir, cfg.ckpt, cfg.stage)
     trainer = pl.Trainer(
         accelerator=cfg.accelerator,

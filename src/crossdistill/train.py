@@ -4,167 +4,34 @@ Examples::
 
     crossdistill-train experiment=mfh/exp1 seed=3 distill.kd.weight=0.5
     crossdistill-train -m experiment=mfh/exp1 data.overlap=0,10
+
+Only Hydra is imported before the command line is parsed, so ``--help``, a typo or a bad
+option answer at once; the pipeline (torch, Lightning, ...) is imported to run a job.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from crossdistill import builders as B
-from crossdistill.losses import LossComposer
-from crossdistill.modules import TeacherModule
-from crossdistill.utils import teacher_store
-from crossdistill.utils.config import (
-    CONFIG_DIR,
-    print_config_tree,
-    register_resolvers,
-    save_resolved_config,
-)
+from crossdistill.utils.config import CONFIG_DIR, register_resolvers
 
-log = logging.getLogger("crossdistill")
 register_resolvers()
 
 
-def _callbacks(cfg: DictConfig, stage_dir: Path) -> list[pl.Callback]:
-    callbacks = B.build_callbacks(cfg)
-    for cb in callbacks:
-        if isinstance(cb, pl.callbacks.ModelCheckpoint):
-            cb.dirpath = str(stage_dir / "checkpoints")
-    return callbacks
-
-
-def _test_ckpt(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
-    """'best' (selected on validation) unless the config asks for 'last' (paper protocol)."""
-    if trainer.fast_dev_run or trainer.checkpoint_callback is None:
-        return None
-    if cfg.test_ckpt == "last":
-        return trainer.checkpoint_callback.last_model_path or None
-    if cfg.test_ckpt == "best":
-        return trainer.checkpoint_callback.best_model_path or None
-    raise ValueError(f"test_ckpt must be 'best' or 'last', got {cfg.test_ckpt!r}")
-
-
-def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def fit_and_test(
-    cfg: DictConfig,
-    module: pl.LightningModule,
-    datamodule,
-    stage_dir: Path,
-    resume_from: str | None = None,
-    logger: list | None = None,
-    **trainer_kw,
-) -> tuple[dict[str, float], str | None]:
-    """Fit, then validate and test the selected checkpoint; return its val + test metrics
-    (sweepers optimise a ``val/`` metric: model selection never looks at test)."""
-    trainer = B.build_trainer(
-        cfg,
-        callbacks=_callbacks(cfg, stage_dir),
-        logger=logger or B.build_loggers(cfg) or False,
-        **trainer_kw,
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    ckpt = _test_ckpt(cfg, trainer)
-    metrics: dict[str, float] = {}
-    for run in (trainer.validate, trainer.test):
-        results = run(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
-        metrics.update(_scalar_metrics(results[0] if results else {}))
-    return metrics, ckpt
-
-
-def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherModule, dict]:
-    """Load ``teacher.ckpt_path``, reuse a cached teacher, or train one into ``run_dir``."""
-    teacher = B.build_teacher_module(cfg, datamodule)
-    if cfg.teacher.get("ckpt_path"):
-        teacher_store.load_weights(teacher, cfg.teacher.ckpt_path)
-        log.info("teacher loaded from %s", cfg.teacher.ckpt_path)
-        return teacher, {}
-    cached = Path(cfg.paths.teacher_cache_dir) / teacher_store.teacher_key(cfg) / "teacher.ckpt"
-    if cfg.teacher.get("reuse", True) and cached.exists() and not cfg.trainer.get("fast_dev_run"):
-        teacher_store.load_weights(teacher, cached)
-        metrics_file = cached.parent / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        log.info("reusing the teacher trained for this data/teacher/seed: %s", cached)
-        return teacher, metrics
-    log.info("training the teacher (%s epochs)", cfg.teacher.max_epochs)
-    stage_dir = run_dir / "teacher"
-    csv = pl.loggers.CSVLogger(str(stage_dir), name="", version="")
-    metrics, ckpt = fit_and_test(
-        cfg, teacher, datamodule, stage_dir, max_epochs=cfg.teacher.max_epochs, logger=[csv]
-    )
-    if ckpt:
-        teacher_store.load_weights(teacher, ckpt)
-    teacher_store.save_weights_atomically(teacher, stage_dir / "teacher.ckpt")
-    if not cfg.trainer.get("fast_dev_run") and pl.utilities.rank_zero_only.rank == 0:
-        teacher_store.save_weights_atomically(teacher, cached)
-        (cached.parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return teacher, metrics
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = Path(cfg.paths.output_dir)
-    if cfg.get("print_config", True):
-        print_config_tree(cfg)
-    save_resolved_config(cfg, run_dir)
-    pl.seed_everything(cfg.seed, workers=True)
+    """Run one training job on a composed config (see :func:`crossdistill.pipeline.train`)."""
+    from crossdistill.pipeline import train as run_pipeline
 
-    loss = LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))
-    datamodule = B.build_datamodule(cfg)
-    teacher, teacher_metrics = None, {}
-    if B.loss_needs_teacher(loss):
-        teacher, teacher_metrics = obtain_teacher(cfg, datamodule, run_dir)
-        pl.seed_everything(cfg.seed, workers=True)  # same student init with or without KD
-    module = B.build_student_module(cfg, datamodule, loss, teacher)
-
-    metrics, ckpt = fit_and_test(cfg, module, datamodule, run_dir, resume_from=cfg.get("ckpt_path"))
-    summary = {
-        "run_dir": str(run_dir),
-        "checkpoint": ckpt,
-        "teacher": teacher_metrics,
-        "student": metrics,
-    }
-    if pl.utilities.rank_zero_only.rank == 0:  # one writer under DDP
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        log.info("student test metrics: %s", json.dumps(metrics))
-        if teacher_metrics:
-            log.info("teacher test metrics: %s", json.dumps(teacher_metrics))
-        log.info("run dir: %s  (eval: crossdistill-eval run_dir=%s)", run_dir, run_dir)
-    return summary
-
-
-def run_task(cfg: DictConfig) -> float | None:
-    """Run ``train``; always close wandb, even on a crash; return the optimised metric."""
-    try:
-        summary = train(cfg)
-    finally:
-        try:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish()
-        except ImportError:  # pragma: no cover
-            pass
-    name = cfg.get("optimized_metric", "val/acc")
-    value = summary["student"].get(name)
-    if value is None:
-        log.warning("optimized_metric %r not among %s", name, sorted(summary["student"]))
-        return None
-    return float(value)
+    return run_pipeline(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    HydraConfig.get()  # fail early when not launched through Hydra
+    from crossdistill.pipeline import run_task
+
     return run_task(cfg)
 
 

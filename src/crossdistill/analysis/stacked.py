@@ -71,7 +71,12 @@ def composer_loss(
 
     def loss(logits: Tensor) -> Tensor:
         total, _ = composer(
-            LossInputs(labels=labels, student_logits=logits, teacher_logits=teacher_logits)
+            LossInputs(
+                labels=labels,
+                student_logits=logits,
+                student_plain_logits=logits,  # linear models: no margin
+                teacher_logits=teacher_logits,
+            )
         )
         return total
 

@@ -48,8 +48,11 @@ def resolve_cifar100_dir(root: str | Path) -> Path:
     """Return the ``cifar-100-python`` folder under (or at) ``root``; clear error if absent."""
     root = Path(root).expanduser()
     for cand in (root / FOLDER, root):
-        if all((cand / f).is_file() for f in ("train", "test", "meta")):
+        missing = [str(cand / f) for f in ("train", "test", "meta") if not (cand / f).is_file()]
+        if not missing:
             return cand
+        if len(missing) < 3:  # a partial release: name the files that are not there
+            raise FileNotFoundError(f"CIFAR-100 file(s) missing: {missing}; {LAYOUT_HELP}")
     present = sorted(p.name for p in root.iterdir())[:10] if root.is_dir() else None
     state = f"contains {present}" if present is not None else "does not exist"
     raise FileNotFoundError(f"CIFAR-100 not found at {root} ({state}); {LAYOUT_HELP}")

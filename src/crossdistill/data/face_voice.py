@@ -307,6 +307,15 @@ class FaceVoiceDataModule(pl.LightningDataModule):
         self._build()
         return self._index.wav_root
 
+    def input_paths(self) -> list[Path]:
+        """Every file or folder this datamodule reads (audio, faces, split and trial lists),
+        fingerprinted into the keys of cached teachers and teacher features."""
+        self._build()
+        root = self._data_root()
+        data = [root] if self.synthetic else [self._index.wav_root, self._index.face_root]
+        listed = [*(self.split_files or {}).values(), self.val_trials_file, self.test_trials_file]
+        return data + [_resolve(f, root) for f in listed if f is not None]
+
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
         self._build()

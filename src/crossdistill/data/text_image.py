@@ -380,6 +380,13 @@ class TextImageDataModule(pl.LightningDataModule):
             self.tokenizer.vocab_size,
         )
 
+    def input_paths(self) -> list[Path]:
+        """Every file or folder this datamodule reads, fingerprinted into the keys of cached
+        teachers and teacher features (the generated folder for ``synth``)."""
+        if self.source == "synth":
+            return [self.synth_root]
+        return [Path(self.root).expanduser()]
+
     # ------------------------------------------------------------- dataloaders
     def _loader(self, ds: TextImageDataset | None, train: bool) -> DataLoader:
         if ds is None:

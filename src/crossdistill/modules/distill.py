@@ -118,6 +118,8 @@ class DistillModule(StudentModule):
             student_embedding=s_emb,
             student_feature_map=s_map,
         )
+        if "student_plain_logits" in needed:  # margin-free, comparable with the teacher's
+            inputs.student_plain_logits = self.classifier(s_emb)
         if needed & TEACHER_FIELDS or self.quality is not None:
             with_map = "teacher_feature_map" in needed
             t_emb, t_map = self.teacher_forward(

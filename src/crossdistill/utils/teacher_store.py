@@ -12,12 +12,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from crossdistill.validation import check_checkpoint_file
+
 log = logging.getLogger(__name__)
 
 
-def teacher_key(cfg: DictConfig) -> str:
+def teacher_key(cfg: DictConfig, data_fingerprint: str | None = None) -> str:
     """Hash of the resolved data + teacher config (minus ``ckpt_path``/``reuse`` and the
-    feature-cache switches, which do not change the teacher) + seed."""
+    feature-cache switches, which do not change the teacher) + seed + precision + the
+    fingerprint of the data files (:func:`crossdistill.builders.data_fingerprint`), so a
+    changed input file selects another teacher."""
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
     for k in ("ckpt_path", "reuse", "cache_features", "cache_dir"):
         teacher.pop(k, None)
@@ -26,6 +30,7 @@ def teacher_key(cfg: DictConfig) -> str:
         "teacher": teacher,
         "seed": cfg.seed,
         "precision": str(cfg.trainer.get("precision")),
+        "data_files": data_fingerprint,
     }
     return hashlib.sha256(repr(payload).encode()).hexdigest()[:16]
 
@@ -41,8 +46,7 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
                 f"no teacher checkpoint in {path}; expected one of {[str(c) for c in candidates]}"
             )
         path = found[0]
-    if not path.exists():
-        raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
+    check_checkpoint_file(path, "checkpoint")  # empty / truncated: one line naming the file
     blob = torch.load(path, map_location="cpu", weights_only=False)
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
     try:
