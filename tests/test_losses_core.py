@@ -85,7 +85,9 @@ def test_composer_weighted_sum_and_per_term_logging():
     composer = LossComposer(
         {"ce": {"weight": 1.0}, "kd": {"weight": 0.5, "temperature": 1.0, "scale_by_t2": False}}
     )
-    total, parts = composer(LossInputs(labels=Y, student_logits=S, teacher_logits=T))
+    total, parts = composer(
+        LossInputs(labels=Y, student_logits=S, student_plain_logits=S, teacher_logits=T)
+    )
     ce = F.cross_entropy(S, Y)
     kd = torch.tensor([_kl(T[i].tolist(), S[i].tolist()) for i in range(2)]).mean()
     assert total.item() == pytest.approx((ce + 0.5 * kd).item(), abs=1e-6)
@@ -96,7 +98,10 @@ def test_composer_weighted_sum_and_per_term_logging():
 def test_sample_weights_scale_distillation_terms_but_not_ce():
     composer = LossComposer({"ce": {}, "kd": {"temperature": 1.0, "scale_by_t2": False}})
     w = torch.tensor([3.0, 1.0])
-    _, parts = composer(LossInputs(labels=Y, student_logits=S, teacher_logits=T, sample_weights=w))
+    inputs = LossInputs(
+        labels=Y, student_logits=S, student_plain_logits=S, teacher_logits=T, sample_weights=w
+    )
+    _, parts = composer(inputs)
     per = [_kl(T[i].tolist(), S[i].tolist()) for i in range(2)]
     assert parts["kd"].item() == pytest.approx((3 * per[0] + per[1]) / 4, abs=1e-6)
     assert parts["ce"].item() == pytest.approx(F.cross_entropy(S, Y).item(), abs=1e-6)
@@ -126,11 +131,13 @@ def test_bad_term_parameter_names_the_term():
 def test_missing_inputs_and_nan_fail_clearly():
     composer = LossComposer({"kd": {}})
     with pytest.raises(ValueError, match="needs \\['teacher_logits'\\]"):
-        composer(LossInputs(labels=Y, student_logits=S))
+        composer(LossInputs(labels=Y, student_logits=S, student_plain_logits=S))
     bad = S.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(NonFiniteLossError, match="'kd'"):
-        composer(LossInputs(labels=Y, student_logits=bad, teacher_logits=T))
+        composer(
+            LossInputs(labels=Y, student_logits=bad, student_plain_logits=bad, teacher_logits=T)
+        )
 
 
 def test_standard_terms_registered():

@@ -7,10 +7,13 @@ terms need, and the composer checks that every required field is present.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -18,7 +21,8 @@ class LossInputs:
     """What one training step hands to the loss terms (``B`` = batch size)."""
 
     labels: Tensor  # [B] integer class labels
-    student_logits: Tensor | None = None  # [B, C]
+    student_logits: Tensor | None = None  # [B, C] training logits (a margin head's margin on)
+    student_plain_logits: Tensor | None = None  # [B, C] margin-free, as the teacher's logits
     student_embedding: Tensor | None = None  # [B, D] student embedding s
     teacher_logits: Tensor | None = None  # [B, C] the frozen teacher's own classifier
     teacher_embedding: Tensor | None = None  # [B, D] projected teacher embedding P(t)
@@ -32,16 +36,34 @@ class LossInputs:
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
+    def float32(self) -> LossInputs:
+        """These inputs with every float16/bfloat16 tensor upcast to float32."""
+        low = {
+            name: value.float()
+            for name in self.field_names()
+            if isinstance(value := getattr(self, name), Tensor) and value.dtype in _LOW_PRECISION
+        }
+        return replace(self, **low) if low else self
+
 
 class LossTerm(nn.Module):
     """Base class: ``forward`` returns a per-sample loss ``[B]`` or, if
-    ``per_sample = False``, a scalar (relational terms over the whole batch)."""
+    ``per_sample = False``, a scalar (relational terms over the whole batch).
+
+    Terms compute in float32: calling a term upcasts half/bf16 inputs and turns autocast
+    off (under ``precision=bf16-mixed`` a cosine ``1 - cos`` or an RKD angle in bf16 keeps
+    2-3 significant digits); gradients flow back to the inputs in their own dtype.
+    """
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     per_sample: ClassVar[bool] = True
     #: distillation terms are scaled by quality weights; the supervised CE is not.
     uses_sample_weights: ClassVar[bool] = True
+
+    def __call__(self, inputs: LossInputs) -> Tensor:
+        with torch.autocast(inputs.labels.device.type, enabled=False):
+            return super().__call__(inputs.float32())
 
     def forward(self, inputs: LossInputs) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -18,7 +18,6 @@ Both terms are distillation terms: quality weights (``sample_weights``) scale th
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from crossdistill.losses import functional as LF
@@ -38,7 +37,11 @@ class FeatureMarginTerm(LossTerm):
             ``sqrt(2 (1 - cos))``).
         detach_teacher: stop gradients into ``P(t)`` (by default the projection head is
             trained by this term, as with ``hard_l2``).
-        eps: numerical floor of the norms (and inside the sqrt of ``'l2'``).
+        eps: floor of the norms in the normalisation ``x / max(|x|, eps)``; it bounds the
+            gradient by ``~1 / eps`` (the old 1e-8 gave 1e7 on a zero embedding).
+
+    Degenerate inputs: a zero (or shorter than ``eps``) embedding normalises to ~0, so
+    ``d = 1`` and gradients stay below ``~1 / eps``; ``s = P(t)`` gives ``d = 0``, gradient 0.
     """
 
     requires = ("student_embedding", "teacher_embedding")
@@ -48,7 +51,7 @@ class FeatureMarginTerm(LossTerm):
         margin: float = 0.2,
         distance: str = "cosine",
         detach_teacher: bool = False,
-        eps: float = 1e-8,
+        eps: float = LF.NORM_EPS,
     ) -> None:
         super().__init__()
         if distance not in FEATURE_DISTANCES:
@@ -72,13 +75,10 @@ class FeatureMarginTerm(LossTerm):
                 f"feature_margin needs equal shapes, got student {tuple(s.shape)} and teacher "
                 f"{tuple(t.shape)}; add a projection head (projection=mlp or linear)"
             )
-        s_n = F.normalize(s, dim=-1, eps=self.eps)
-        t_n = F.normalize(t, dim=-1, eps=self.eps)
-        if self.distance == "cosine":
-            d = 1.0 - (s_n * t_n).sum(-1)
-        else:
-            # sqrt with a floor: finite gradient when s and P(t) coincide
-            d = ((s_n - t_n).pow(2).sum(-1) + self.eps).sqrt()
+        s_n = LF.normalize(s, self.eps)
+        t_n = LF.normalize(t, self.eps)
+        # 'l2': the exact Euclidean norm, whose gradient is a unit vector (0 where s_n = t_n)
+        d = 1.0 - (s_n * t_n).sum(-1) if self.distance == "cosine" else LF.safe_norm(s_n - t_n)
         return (d - self.margin).clamp_min(0.0)
 
 
@@ -92,6 +92,9 @@ class SharedClassifierTerm(LossTerm):
     Args:
         lambda_t: multiplier of the teacher-side CE, on top of the composer ``weight``.
         label_smoothing: as in ``ce``.
+
+    Degenerate inputs: any finite logits (zero, tiny, duplicated) give the CE gradient
+    ``lambda_t (softmax - onehot)``, at most ``lambda_t`` per element.
     """
 
     requires = ("teacher_shared_logits", "labels")

@@ -5,8 +5,9 @@
 * ``spatial_uniformity``: spread the energy of an intermediate student feature map evenly
   over its positions (``KL(a || uniform)``), or the Wang-Isola uniformity variant.
 
-Degenerate inputs give a finite loss: a batch of 1 or a constant channel has zero
-standardised values (hence zero correlations); an all-zero map has a uniform ``a``.
+Degenerate inputs give a finite loss and bounded gradients: a batch of 1 or a constant
+channel has zero standardised values (hence zero correlations); an all-zero or tiny map
+counts as uniform.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from crossdistill.losses import functional as LF
 from crossdistill.losses.base import LossInputs, LossTerm, register_loss
 
 CI_TARGETS = ("identity", "teacher")
@@ -52,6 +53,9 @@ class ChannelIndependenceTerm(LossTerm):
         detach_teacher: stop gradients into the teacher correlation (``target='teacher'``).
         reduction: ``'mean'`` over the ``D (D - 1)`` off-diagonal entries or ``'sum'``.
         eps: added to the per-channel variance before standardising.
+
+    Degenerate inputs: batch of 1, duplicated rows, zero or tiny embeddings give zero
+    correlations and gradients of at most ``~1 / sqrt(eps)`` (316 for the default).
     """
 
     requires = ("student_embedding",)
@@ -125,10 +129,20 @@ class SpatialUniformityTerm(LossTerm):
     Args:
         mode: ``'kl'`` or ``'wang_isola'``.
         field: ``'student_feature_map'`` (default) or ``'teacher_feature_map'``.
-        power: exponent of the energy (2 = squared activations, as in the notes).
+        power: exponent of the energy (2 = squared activations, as in the notes); with
+            ``power < 1`` the gradient at an exactly zero activation is infinite.
         normalize: ``mode='kl'`` only, divide by ``log P``.
         t: Wang-Isola temperature.
-        eps: floor added to each position's energy (an all-zero map counts as uniform).
+        eps: floor added to each position's energy (keeps ``log a`` finite).
+        min_activation: activation scale below which a map has no spatial structure.
+            ``'kl'``: a map whose mean energy is below ``min_activation ** power`` is padded
+            uniformly up to that mean, so it tends to uniform (loss 0) as it fades instead
+            of keeping a scale-free ``a`` with gradients ``~1 / scale``. ``'wang_isola'``:
+            floor of the norm of the pooled feature. Gradients stay below
+            ``~1 / min_activation``.
+
+    Degenerate inputs: an all-zero or tiny map is uniform (loss 0, gradient 0 at zero);
+    ``'wang_isola'``: batch of 1 -> 0, duplicated or zero maps give bounded gradients.
     """
 
     requires = ("student_feature_map",)
@@ -142,6 +156,7 @@ class SpatialUniformityTerm(LossTerm):
         normalize: bool = False,
         t: float = 2.0,
         eps: float = 1e-12,
+        min_activation: float = LF.NORM_EPS,
     ) -> None:
         super().__init__()
         if mode not in SU_MODES:
@@ -158,6 +173,7 @@ class SpatialUniformityTerm(LossTerm):
         self.normalize = normalize
         self.t = t
         self.eps = eps
+        self.min_activation = min_activation
         self.requires = (field,)
         self.per_sample = mode == "kl"
 
@@ -173,7 +189,12 @@ class SpatialUniformityTerm(LossTerm):
             return self._wang_isola(flat)
         n_pos = flat.shape[2]
         energy = flat.abs().pow(self.power).mean(1) + self.eps  # [B, P]
-        a = energy / energy.sum(-1, keepdim=True)
+        total = energy.sum(-1, keepdim=True)
+        # a faint map is padded uniformly up to a total of P * min_activation^power: the
+        # same a = energy / total above that floor, a bounded Jacobian below it
+        floor = n_pos * self.min_activation**self.power
+        pad = (floor - total).clamp_min(0.0) / n_pos
+        a = (energy + pad) / (total + n_pos * pad)
         kl = torch.xlogy(a, a).sum(-1) + math.log(n_pos)
         kl = kl.clamp_min(0.0)  # rounding can give -1e-8 for a uniform map
         if self.normalize and n_pos > 1:
@@ -184,7 +205,7 @@ class SpatialUniformityTerm(LossTerm):
         b = flat.shape[0]
         if b < 2:
             return flat.sum() * 0.0
-        z = F.normalize(flat.mean(2), dim=-1)
+        z = LF.normalize(flat.mean(2), self.min_activation)
         sq = (z[:, None, :] - z[None, :, :]).pow(2).sum(-1)
         off = ~torch.eye(b, dtype=torch.bool, device=z.device)
         vals = -self.t * sq[off]

@@ -11,6 +11,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: Floor of a norm that a loss divides by (L2 normalisation, distance normalisers): an
+#: embedding shorter than this has no usable direction. The Jacobian of
+#: ``x / max(|x|, NORM_EPS)`` is at most ``1 / NORM_EPS = 1e3``, so scale-invariant terms
+#: keep bounded gradients on zero or tiny inputs, while every unit-scale embedding (norms
+#: of 1 to 100) is normalised exactly as without a floor.
+NORM_EPS = 1e-3
+
+
+def safe_norm(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
+    """L2 norm over ``dim`` whose gradient is the unit vector, or 0 (not NaN) where x = 0."""
+    sq = x.pow(2).sum(dim, keepdim=keepdim)
+    zero = sq == 0
+    return torch.where(zero, 0.0, torch.where(zero, 1.0, sq).sqrt())
+
+
+def normalize(x: Tensor, eps: float = NORM_EPS) -> Tensor:
+    """``x / max(|x|, eps)`` over the last dim (``F.normalize`` with a usable floor)."""
+    return F.normalize(x, dim=-1, eps=eps)
+
 
 def cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Per-sample cross-entropy for logits ``[..., C]`` and integer labels ``[...]``."""

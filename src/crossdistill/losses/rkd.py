@@ -10,6 +10,13 @@ distances are Euclidean and divided by their mean over the off-diagonal pairs, t
 angle term uses all ``B^3`` triples (degenerate ones contribute cosine 0 on both sides),
 and the penalty is ``smooth_l1`` with ``beta = 1`` (= Huber with ``delta = 1``) averaged
 over the whole ``B x B`` (resp. ``B^3``) tensor, diagonal included.
+
+Numerics differ from the authors' code on degenerate batches only. Both relations are
+scale-invariant, so gradients grow like ``1 / scale`` on a collapsed batch: the
+normalisers here have a floor of ``1e-3`` (``functional.NORM_EPS``) instead of 1e-12
+(gradients up to 1e10 on tiny embeddings or two identical rows), edges between identical
+rows are masked in the angle term, and distances are computed from differences (exact 0
+between identical rows).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossdistill.losses import functional as LF
 from crossdistill.losses.base import LossInputs, LossTerm, register_loss
 
 TEACHER_FIELDS = ("teacher_embedding", "teacher_raw_embedding")
@@ -32,13 +40,14 @@ def _penalty(student: Tensor, teacher: Tensor, kind: str, beta: float) -> Tensor
     return F.mse_loss(student, teacher)
 
 
-def pairwise_distances(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """Euclidean distance matrix ``[B, B]`` with an exact zero diagonal (as in RKD's code)."""
-    sq = x.pow(2).sum(-1)
-    d2 = (sq[:, None] + sq[None, :] - 2.0 * x @ x.t()).clamp_min(eps)
-    d = d2.sqrt()
-    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    return d.masked_fill(eye, 0.0)
+def pairwise_distances(x: Tensor) -> Tensor:
+    """Euclidean distance matrix ``[B, B]``, exactly 0 between identical rows.
+
+    From the differences, not from ``|a|^2 + |b|^2 - 2 a.b`` (RKD's code): that cancels to
+    noise of ``~3e-4 |x|`` for identical rows (a distance that is not there); here the
+    gradient is the unit vector ``(x_i - x_j) / d_ij``, and 0 where ``d_ij = 0``.
+    """
+    return torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 class _RelationalTerm(LossTerm):
@@ -91,7 +100,12 @@ class RKDDistanceTerm(_RelationalTerm):
         loss: ``'smooth_l1'`` (RKD), ``'huber'`` (same for ``beta = 1``) or ``'mse'``.
         beta: smooth-L1 ``beta`` / Huber ``delta``.
         normalize: divide each distance matrix by its mean off-diagonal distance.
-        eps: floor of squared distances and of the normaliser (batch of 1 -> loss 0).
+        eps: floor of that normaliser: a batch collapsed to within ``eps`` has small
+            normalised distances and gradients of at most ``~1 / eps``, instead of
+            ``1 / mean distance`` (1e6 for embeddings of scale 1e-6).
+
+    Degenerate inputs: a batch of 1 or all-equal rows give distances 0 (loss 0 if the
+    teacher's are 0 too); zero, tiny or duplicated rows give gradients of at most ``~1 / eps``.
     """
 
     def __init__(
@@ -101,14 +115,14 @@ class RKDDistanceTerm(_RelationalTerm):
         loss: str = "smooth_l1",
         beta: float = 1.0,
         normalize: bool = True,
-        eps: float = 1e-12,
+        eps: float = LF.NORM_EPS,
     ) -> None:
         super().__init__(teacher_field, detach_teacher, loss, beta)
         self.normalize = normalize
         self.eps = eps
 
     def _distances(self, x: Tensor) -> Tensor:
-        d = pairwise_distances(x, self.eps)
+        d = pairwise_distances(x)
         if self.normalize:
             b = x.shape[0]
             n_pairs = max(b * (b - 1), 1)
@@ -125,13 +139,34 @@ class RKDAngleTerm(_RelationalTerm):
     """Angle-wise RKD: ``penalty(cos angle_s(i,j,k), cos angle_t(i,j,k))`` over all triples.
 
     ``cos angle(i, j, k) = <e_i - e_j, e_k - e_j>`` of unit vectors (``j`` is the vertex).
-    Arguments as for ``rkd_distance``.
+    Arguments as for ``rkd_distance``, and:
+
+    Args:
+        eps: floor of the edge lengths ``|e_i - e_j|`` that are normalised; a shorter edge
+            gives a shorter "unit" vector, so its cosines shrink to 0 continuously.
+
+    Degenerate inputs: an edge between identical rows has no direction and is masked (its
+    cosines are 0 with gradient 0); batch of 1, zero or tiny embeddings: gradients at most
+    ``~1 / eps``.
     """
 
-    @staticmethod
-    def _angles(x: Tensor) -> Tensor:
+    def __init__(
+        self,
+        teacher_field: str = "teacher_embedding",
+        detach_teacher: bool = True,
+        loss: str = "smooth_l1",
+        beta: float = 1.0,
+        eps: float = LF.NORM_EPS,
+    ) -> None:
+        super().__init__(teacher_field, detach_teacher, loss, beta)
+        self.eps = eps
+
+    def _angles(self, x: Tensor) -> Tensor:
         diff = x.unsqueeze(0) - x.unsqueeze(1)  # [j, i] = e_i - e_j
-        unit = F.normalize(diff, p=2, dim=2)
+        length = LF.safe_norm(diff, dim=2, keepdim=True)
+        # F.normalize (floor 1e-12) gave gradients of 1e10 on two identical rows: mask the
+        # undefined directions (exactly zero edges), floor the length of the others
+        unit = torch.where(length > 0, diff / length.clamp_min(self.eps), 0.0)
         return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)  # [j, i, k]
 
     def forward(self, inputs: LossInputs) -> Tensor:
