@@ -8,7 +8,6 @@ split's trial list is scored (see :class:`VerificationEvaluator`). Plug it in wi
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Sequence
@@ -57,13 +56,6 @@ class EmbeddingCollector(Metric):
         return {name: dim_zero_cat(getattr(self, name)).cpu() for name in FIELDS}
 
 
-def accepts_lengths(encoder: nn.Module) -> bool:
-    try:
-        return "lengths" in inspect.signature(encoder.forward).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return False
-
-
 def snr_name(snr_db: float) -> str:
     """Metric suffix for an SNR: 10.0 -> 'snr10', -5.0 -> 'snr-5', 2.5 -> 'snr2.5'."""
     return f"snr{float(snr_db):g}"
@@ -76,10 +68,11 @@ class VerificationEvaluator(Evaluator):
 
     * ``<split>/eer``, ``<split>/min_dcf``: cosine scores of ``input_key`` embeddings on
       ``datamodule.trials(split)`` (minDCF with ``p_target``, ``c_miss``, ``c_fa``,
-      normalised). The student embeds ``student_input`` with ``student_lengths`` when its
-      encoder takes ``lengths``; the teacher (``input_key=teacher_input``) embeds the face
-      paired with each utterance, so the teacher gets a face-verification EER on the same
-      trials.
+      normalised). The student embeds every ``student_input`` utterance alone, cut to its
+      ``student_lengths`` (see :meth:`embed`), so an embedding never depends on the eval
+      batch size, the batch neighbours or the DDP rank; the teacher
+      (``input_key=teacher_input``) embeds the face paired with each utterance, so the
+      teacher gets a face-verification EER on the same trials.
     * ``<split>/eer_snr<X>`` / ``min_dcf_snr<X>`` (splits in ``noise_splits``, speech only):
       the same trials with enrolment clean and the test utterance mixed with white noise
       at ``X`` dB SNR (``data.degrade.add_noise_at_snr`` over the true, unpadded length,
@@ -93,9 +86,11 @@ class VerificationEvaluator(Evaluator):
       its other videos is classified by the most similar enrolment (cosine).
 
     Embeddings are gathered across DDP ranks (torchmetrics ``cat`` states) and deduplicated
-    by sample index, so all ranks compute the same numbers. If the pass saw only part of
-    the split (``limit_val_batches``, ``fast_dev_run``), only trials whose two utterances
-    were embedded are scored; with no usable trial the metric is NaN (a warning says so).
+    by sample index (the first row of an index the DistributedSampler repeated to pad a
+    rank), so all ranks compute the same numbers, equal to a single process's. If the pass
+    saw only part of the split (``limit_val_batches``, ``fast_dev_run``), only trials whose
+    two utterances were embedded are scored; with no usable trial the metric is NaN (a
+    warning says so).
     """
 
     monitor_mode = "min"
@@ -139,19 +134,24 @@ class VerificationEvaluator(Evaluator):
     def embed(
         self, module: pl.LightningModule, batch: dict[str, Tensor], x: Tensor | None = None
     ) -> Tensor:
-        """``input_key`` embedding of ``batch`` (or of ``x`` in its place)."""
+        """``input_key`` embedding of ``batch`` (or of ``x`` in its place).
+
+        Padded speech (``student_input`` with ``student_lengths``) is embedded one
+        utterance at a time, cut to its true length: the ECAPA convolutions would otherwise
+        see the padding after an utterance shorter than its batch neighbours, and its
+        embedding would depend on the batch it was put in (and so on the eval batch size
+        and the number of DDP ranks). Fixed-size inputs (faces) are embedded as a batch.
+        """
         x = batch[self.input_key] if x is None else x
-        encoder = module.encoder
-        if (
-            self.input_key == "student_input"
-            and "student_lengths" in batch
-            and accepts_lengths(encoder)
-        ):
-            rel = batch["student_lengths"].to(x.device).float() / x.shape[-1]
-            return encoder(x, rel)
-        return module.embed(x)
+        lengths = batch.get("student_lengths") if self.input_key == "student_input" else None
+        if lengths is None:
+            return module.embed(x)
+        return torch.cat(
+            [module.embed(x[j : j + 1, : int(n)]) for j, n in enumerate(lengths.tolist())]
+        )
 
     def _noisy(self, x: Tensor, batch: dict[str, Tensor], snr_db: float) -> Tensor:
+        """``x`` with each utterance noised over its true length (padding stays zero)."""
         lengths = batch.get("student_lengths")
         out = x.clone()
         code = int(round(snr_db * 100)) + 100_000
@@ -289,12 +289,20 @@ class VerificationEvaluator(Evaluator):
         index = data["index"]
         if index.numel() and (index.min() < 0 or index.max() >= n):
             raise IndexError(f"{split}: eval batch index out of range [0, {n})")
+        # DistributedSampler pads the last ranks with repeats of the first samples: keep
+        # the first row of every index (the same on all ranks: they gather the same rows
+        # in the same order), so duplicates never decide a metric
+        order = torch.argsort(index, stable=True)
+        first = torch.ones_like(order, dtype=torch.bool)
+        first[1:] = index[order[1:]] != index[order[:-1]]
+        keep = order[first]
+        index = index[keep]
         seen = torch.zeros(n, dtype=torch.bool)
-        seen[index] = True  # duplicates (DDP padding) simply overwrite with equal rows
+        seen[index] = True
 
         def table(values: Tensor) -> Tensor:
             out = values.new_zeros(n, *values.shape[1:])
-            out[index] = values
+            out[index] = values[keep]
             return out
 
         emb = table(data["emb"].double())
