@@ -22,6 +22,77 @@ def authors_exp1(seed: int, overlap: int, n: int):
     return x_a, x_b, y
 
 
+def authors_table2(seed: int, shared: int, teacher_only: int, n: int, n_test: int):
+    """The Table-2 draws of the authors' script written out directly (z, x_a, x_b order).
+
+    ``gauss/main_modify_gamma.py``: after seed(seed), a = ones; ``gen_mm_data`` draws
+    train, then test, then the fresh student-stage data from the same stream.
+    """
+    rng = np.random.RandomState(seed)
+    a = np.ones(500)[: teacher_only + shared]
+    draws = []
+    for size in (n, n_test, n):
+        z = rng.randn(size, teacher_only + shared)
+        y = (z @ a > 0).astype(np.int64)
+        x_a = rng.randn(size, 50)
+        x_a[:, 0 : teacher_only + shared] = z
+        x_b = rng.randn(size, 50)
+        x_b[:, 0:shared] = z[:, 0:shared]
+        draws.append((x_a, x_b, y))
+    return draws
+
+
+def _assert_same(got, expected):
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], expected[1], rtol=1e-6)
+    np.testing.assert_array_equal(got[2], expected[2])
+
+
+@pytest.mark.parametrize(("shared", "teacher_only"), [(10, 10), (5, 15)])
+def test_table2_draws_match_the_authors(shared, teacher_only):
+    """Train, test and student-stage draws of the reproducer's Table 2 are the authors'."""
+    layout = G.modify_gamma_layout(shared, teacher_only)
+    a = G.draw_hyperplane(np.random.RandomState(0), layout.z_dim, "ones")
+    rng = np.random.RandomState(44)
+    ours = [G.sample(layout, size, a, rng) for size in (64, 128, 64)]
+    for got, expected in zip(ours, authors_table2(44, shared, teacher_only, 64, 128), strict=True):
+        _assert_same(got, expected)
+
+
+def test_table2_datamodule_draws_in_the_authors_order():
+    """``experiment=mfh/table2`` (layout modify_gamma): the train split is the authors'
+    first Table-2 draw of the seed, the test split the same draw from seed + 1."""
+    dm = GaussianMFHDataModule(
+        layout="modify_gamma",
+        shared=10,
+        teacher_only=10,
+        teacher_dim=50,
+        hyperplane="ones",
+        n_train=64,
+        n_test=128,
+        seed=45,
+    )
+    dm.setup()
+    for split, seed, size in (("train", 45, 64), ("test", 46, 128)):
+        d = dm.datasets[split]
+        expected = authors_table2(seed, 10, 10, size, size)[0]
+        _assert_same((d.x_a.numpy(), d.x_b.numpy(), d.y.numpy()), expected)
+
+
+def test_draw_order_is_explicit():
+    assert G.gamma_layout(4).draw_order == G.alpha_layout(10).draw_order == G.STUDENT_FIRST
+    assert G.modify_gamma_layout(10).draw_order == G.TEACHER_FIRST
+    # the Table-2 layout can be drawn in the experiment-1/2 order when asked for
+    layout = G.modify_gamma_layout(10, 10, draw_order=G.STUDENT_FIRST)
+    a = np.ones(layout.z_dim)
+    x_a, x_b, _ = G.sample(layout, 8, a, np.random.RandomState(1))
+    rng = np.random.RandomState(1)
+    rng.randn(8, 20)
+    np.testing.assert_allclose(x_b[:, 10:], rng.randn(8, 50)[:, 10:], rtol=1e-6)
+    with pytest.raises(ValueError, match="draw_order must be"):
+        G.modify_gamma_layout(10, 10, draw_order=("x_a", "x_a"))
+
+
 @pytest.mark.parametrize("overlap", [0, 4, 10])
 def test_exp1_layout_matches_protocol(overlap):
     layout = G.gamma_layout(overlap)

@@ -4,7 +4,10 @@ Label ``y = 1[z . a > 0]`` for decisive latent features ``z ~ N(0, I)``; each mo
 ``N(0, 1)`` noise in which some columns are overwritten by columns of ``z``. The three
 layouts below follow the authors' code exactly (see ``docs/mfh.md`` for the mapping).
 Data are drawn with numpy's legacy ``RandomState`` in the same order as the authors'
-code, so a given seed gives the same samples.
+code, so a given seed gives the same samples. That order differs between their scripts:
+``z`` first, then ``x_b`` before ``x_a`` in experiments 1-2 (``gauss/main.py``) but ``x_a``
+before ``x_b`` in Table 2 (``gauss/main_modify_gamma.py``); each layout carries its order
+in :attr:`ModalityLayout.draw_order`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 HYPERPLANE_DIM = 500  # the authors draw a 500-dim hyperplane and use its first entries
+STUDENT_FIRST = ("x_b", "x_a")  # experiments 1-2 of the authors' code
+TEACHER_FIRST = ("x_a", "x_b")  # Table 2 of the authors' code
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,10 @@ class ModalityLayout:
 
     ``teacher_cols[i]`` / ``student_cols[i]``: column of ``x`` that receives ``z[:, src]``,
     given as ``(dst_column, z_column)`` pairs.
+    ``draw_order``: which modality's noise :func:`sample` draws first after ``z``:
+    :data:`STUDENT_FIRST` (``x_b`` then ``x_a``, the authors' experiments 1-2) or
+    :data:`TEACHER_FIRST` (``x_a`` then ``x_b``, the authors' Table 2). It only changes
+    which samples a seed gives, not their distribution.
     """
 
     z_dim: int
@@ -29,8 +38,13 @@ class ModalityLayout:
     student_dim: int
     teacher_cols: tuple[tuple[int, int], ...]
     student_cols: tuple[tuple[int, int], ...]
+    draw_order: tuple[str, str] = STUDENT_FIRST
 
     def __post_init__(self) -> None:
+        if tuple(self.draw_order) not in (STUDENT_FIRST, TEACHER_FIRST):
+            raise ValueError(
+                f"draw_order must be {STUDENT_FIRST} or {TEACHER_FIRST}, got {self.draw_order!r}"
+            )
         for name, cols, dim in (
             ("teacher", self.teacher_cols, self.teacher_dim),
             ("student", self.student_cols, self.student_dim),
@@ -92,9 +106,16 @@ def alpha_layout(teacher_only: int, teacher_dim: int = 50, student_dim: int = 50
 
 
 def modify_gamma_layout(
-    shared: int, teacher_only: int = 10, teacher_dim: int = 50, student_dim: int = 50
+    shared: int,
+    teacher_only: int = 10,
+    teacher_dim: int = 50,
+    student_dim: int = 50,
+    draw_order: tuple[str, str] = TEACHER_FIRST,
 ) -> ModalityLayout:
-    """Table 2: z has ``teacher_only + shared`` dims, all in x_a; x_b holds z[:, 0:shared]."""
+    """Table 2: z has ``teacher_only + shared`` dims, all in x_a; x_b holds z[:, 0:shared].
+
+    The authors' Table-2 script draws ``x_a`` before ``x_b`` (``draw_order``).
+    """
     if shared < 1:
         raise ValueError(f"Table 2 needs at least one shared dim, got shared={shared}")
     return ModalityLayout(
@@ -103,6 +124,7 @@ def modify_gamma_layout(
         student_dim=student_dim,
         teacher_cols=tuple((c, c) for c in range(teacher_only + shared)),
         student_cols=tuple((c, c) for c in range(shared)),
+        draw_order=draw_order,
     )
 
 
@@ -118,15 +140,21 @@ def draw_hyperplane(rng: np.random.RandomState, z_dim: int, kind: str = "gaussia
 def sample(
     layout: ModalityLayout, n: int, a: np.ndarray, rng: np.random.RandomState
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw ``n`` samples ``(x_a, x_b, y)`` in the authors' order (z, x_b, x_a)."""
+    """Draw ``n`` samples ``(x_a, x_b, y)`` in the authors' order.
+
+    ``z`` first, then the two modalities' noise in ``layout.draw_order`` (``x_b, x_a`` for
+    experiments 1-2, ``x_a, x_b`` for Table 2), each with its ``z`` columns written in.
+    """
     z = rng.randn(n, layout.z_dim)
     y = (z @ a[: layout.z_dim] > 0).astype(np.int64)
-    # the authors draw x_b before x_a for experiments 1-2 and x_a first for Table 2; the
-    # order only changes which noise a seed gives, not the distribution.
-    x_b = rng.randn(n, layout.student_dim)
-    for dst, src in layout.student_cols:
-        x_b[:, dst] = z[:, src]
-    x_a = rng.randn(n, layout.teacher_dim)
-    for dst, src in layout.teacher_cols:
-        x_a[:, dst] = z[:, src]
-    return x_a.astype(np.float32), x_b.astype(np.float32), y
+    spec = {
+        "x_a": (layout.teacher_dim, layout.teacher_cols),
+        "x_b": (layout.student_dim, layout.student_cols),
+    }
+    x = {}
+    for name in layout.draw_order:
+        dim, cols = spec[name]
+        x[name] = rng.randn(n, dim)
+        for dst, src in cols:
+            x[name][:, dst] = z[:, src]
+    return x["x_a"].astype(np.float32), x["x_b"].astype(np.float32), y
