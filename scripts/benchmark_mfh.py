@@ -54,7 +54,7 @@ def sequential_vary(layouts, seeds, hp, name, key) -> list[dict]:
             a = G.draw_hyperplane(rng, layout.z_dim, "gaussian")
             xa, xb, y = map(t, G.sample(layout, hp.n_train, a, rng))
             txa, txb, ty = map(t, G.sample(layout, hp.n_test, a, np.random.RandomState(seed + 1)))
-            torch.manual_seed(seed)
+            torch.manual_seed(seed + 1)  # the authors re-seed torch with the test draw
             teacher, kd, no_kd = (
                 nn.Linear(layout.teacher_dim, 2),
                 nn.Linear(layout.student_dim, 2),
@@ -93,9 +93,15 @@ def sequential_table2(seeds, hp) -> list[dict]:
             txa, txb, ty = map(t, G.sample(layout, hp.n_test, a, rng))
             xa2, xb2, y2 = map(t, G.sample(layout, hp.n_train, a, rng))
             rand = np.random.RandomState(seed + 10_000).choice(50, shared, replace=False)
+            torch.manual_seed(seed)  # initial weights per mode as in protocol.table2
+            teacher, no_kd, kd = (nn.Linear(50, 2) for _ in range(3))
+            mg = {"gt": (nn.Linear(shared, 2), nn.Linear(50, 2))}
             torch.manual_seed(seed)
-            teacher, jt, js, no_kd, kd = (nn.Linear(50, 2) for _ in range(5))
-            mg = {m: (nn.Linear(shared, 2), nn.Linear(50, 2)) for m in ("gt", "alg1", "random")}
+            _ = [nn.Linear(50, 2) for _ in range(3)]
+            mg["random"] = (nn.Linear(shared, 2), nn.Linear(50, 2))
+            torch.manual_seed(seed)
+            _, jt, js = (nn.Linear(50, 2) for _ in range(3))
+            mg["alg1"] = (nn.Linear(shared, 2), nn.Linear(50, 2))
             fit(teacher, xa1, y1, hp)
             opt = torch.optim.SGD(
                 [*jt.parameters(), *js.parameters()], lr=hp.joint_lr, momentum=hp.joint_momentum

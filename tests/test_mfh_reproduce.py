@@ -2,11 +2,67 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
+from crossdistill.analysis.mfh import protocol as P
 from crossdistill.analysis.mfh import report as R
 from crossdistill.analysis.mfh.reproduce import main
+from crossdistill.data import gaussian as G
+
+
+def _init_acc(lin: nn.Linear, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.no_grad():
+        pred = lin(torch.from_numpy(x)).argmax(1).numpy()
+    return 100.0 * float((pred == y).mean())
+
+
+def test_exp1_models_start_from_the_authors_initial_weights():
+    """The authors' run_mm calls seed(seed + 1) before drawing the test set, which re-seeds
+    torch too: teacher, KD student and No-KD student are created after
+    torch.manual_seed(seed + 1). With 0 epochs the test accuracy is that of the init."""
+    seeds = [0, 3]
+    df = P.run_vary("exp1", {4: G.gamma_layout(4)}, seeds, P.Hyper(epochs=0), "overlap")
+    got = df.set_index(["seed", "role"]).acc
+    for seed in seeds:
+        layout = G.gamma_layout(4)
+        a = G.draw_hyperplane(np.random.RandomState(seed), layout.z_dim)
+        x_a, x_b, y = G.sample(layout, 1000, a, np.random.RandomState(seed + 1))
+        torch.manual_seed(seed + 1)
+        teacher, kd, no_kd = nn.Linear(25, 2), nn.Linear(50, 2), nn.Linear(50, 2)
+        assert got[(seed, "teacher")] == pytest.approx(_init_acc(teacher, x_a, y))
+        assert got[(seed, "kd")] == pytest.approx(_init_acc(kd, x_b, y))
+        assert got[(seed, "no_kd")] == pytest.approx(_init_acc(no_kd, x_b, y))
+
+
+def test_table2_models_start_from_the_authors_initial_weights():
+    """gt and random modes: after seed(seed) the authors create the regular teacher, the
+    No-KD student, the KD student, then the MG teacher and its student."""
+    seed, shared = 42, 10
+    hp = P.Hyper(epochs=0, n_repeats=1)
+    df, _ = P.table2([seed], hp, settings=((shared, 10),))
+    got = df.set_index("role").acc
+    layout = G.modify_gamma_layout(shared, 10)
+    rng = np.random.RandomState(seed)
+    a = np.ones(layout.z_dim)
+    G.sample(layout, hp.n_train, a, rng)
+    x_a, x_b, y = G.sample(layout, hp.n_test, a, rng)
+    cols = {
+        "gt": np.arange(shared),
+        "random": np.random.RandomState(seed + 10_000).choice(50, shared, replace=False),
+    }
+    for mode in ("gt", "random"):
+        torch.manual_seed(seed)
+        teacher, no_kd, kd = (nn.Linear(50, 2) for _ in range(3))
+        mg_t, mg_kd = nn.Linear(shared, 2), nn.Linear(50, 2)
+        assert got["teacher"] == pytest.approx(_init_acc(teacher, x_a, y))
+        assert got["no_kd"] == pytest.approx(_init_acc(no_kd, x_b, y))
+        assert got["kd"] == pytest.approx(_init_acc(kd, x_b, y))
+        assert got[f"mg_teacher_{mode}"] == pytest.approx(_init_acc(mg_t, x_a[:, cols[mode]], y))
+        assert got[f"mg_kd_{mode}"] == pytest.approx(_init_acc(mg_kd, x_b, y))
 
 
 def test_small_reproduction_writes_tables_csv_and_plots(tmp_path):
