@@ -4,7 +4,8 @@ Runs every row (conf/experiment/face_voice/<row>.yaml) for each seed through the
 training entry point (a ``crossdistill-train`` subprocess per run), then writes
 
     outputs/c2kd_reproduction/<timestamp>/
-        table.md       mean ± std over seeds: EER / minDCF clean, EER at two SNRs, matching
+        table.md       mean ± std over seeds: EER / minDCF clean, EER at two SNRs, matching;
+                       per row the paired difference to No KD with its 95 % interval
         results.csv    one line per run (all logged test metrics, teacher EER)
         c2kd.png       EER clean and under noise per row (error bars = std over seeds)
         runs/<row>_s<seed>/   the run dirs (config, checkpoints, metrics.json, log)
@@ -16,6 +17,7 @@ go first, then the others, ``--jobs`` at a time.
 
     python scripts/reproduce_c2kd.py            # 9 rows x 3 seeds
     python scripts/reproduce_c2kd.py --quick    # 1 seed, 3 + 3 epochs: a smoke test
+    python scripts/reproduce_c2kd.py --report outputs/c2kd_reproduction/latest  # table again
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+from crossdistill.analysis.paired import paired_difference
+
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [  # (row name in the table, experiment file)
     ("No KD", "no_kd"),
@@ -45,6 +49,7 @@ ROWS = [  # (row name in the table, experiment file)
     ("Both + quality weights", "c2kd_quality"),
     ("Both, weak teacher", "weak_teacher"),
 ]
+BASELINE = "no_kd"  # every other row is compared with it, paired by seed
 TEACHER_ROWS = ("c2kd", "weak_teacher")  # run first: they train the two teachers per seed
 SNRS = (10, 0)  # EER columns under noise (the evaluator also logs 20 dB)
 
@@ -56,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", nargs="+", default=None, choices=[r for _, r in ROWS])
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (1 thread each)")
     p.add_argument("--out", type=Path, default=ROOT / "outputs" / "c2kd_reproduction")
+    p.add_argument("--report", type=Path, default=None,
+                   help="only rewrite table.md / c2kd.png from <dir>/results.csv")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     return p.parse_args(argv)
 
@@ -135,12 +142,42 @@ def write_table(results: list[dict], rows: list[tuple[str, str]], seeds: list[in
         got = [r for r in results if r["row"] == row and r["ok"]]
         cells = [fmt([r.get(key) for r in got], scale, digits) for _, key, scale, digits in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(got)} |")
+    lines += paired_table(results, rows)
     extra = " ".join(args.overrides)
     lines += ["", f"Command: `python scripts/reproduce_c2kd.py {' '.join(sys.argv[1:])}`"
               + (f" (overrides: `{extra}`)" if extra else "")]
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
     return text
+
+
+PAIRED_COLUMNS = [("EER % (clean)", "test/eer"), ("EER % (10 dB)", "test/eer_snr10"),
+                  ("minDCF (clean)", "test/min_dcf")]
+
+
+def paired_table(results: list[dict], rows: list[tuple[str, str]]) -> list[str]:
+    """Per row: the paired difference to No KD over seeds with its 95 % t-interval."""
+    if not any(r == BASELINE for _, r in rows):
+        return []
+
+    def by_seed(row: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r.get(key) for r in results if r["row"] == row and r["ok"]}
+
+    lines = ["", "Paired difference to No KD (same seed = same data, init and order; mean of the "
+             "per-seed differences, 95 % t-interval; negative EER / minDCF = better than No KD; "
+             "\"not resolved\" = the interval contains 0):", "",
+             "| row | " + " | ".join(f"Δ {h}" for h, _ in PAIRED_COLUMNS) + " |",
+             "|---|" + "---|" * len(PAIRED_COLUMNS)]
+    for name, row in rows:
+        if row == BASELINE:
+            continue
+        cells = []
+        for header, key in PAIRED_COLUMNS:
+            scale, digits = (1.0, 3) if "minDCF" in header else (100.0, 1)
+            diff = paired_difference(by_seed(row, key), by_seed(BASELINE, key))
+            cells.append(diff.format(scale, digits))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_csv(results: list[dict], out: Path) -> None:
@@ -151,6 +188,22 @@ def write_csv(results: list[dict], out: Path) -> None:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(results)
+
+
+def read_csv(path: Path) -> list[dict]:
+    """``results.csv`` back as run dicts (numbers as floats, seed as int)."""
+    def value(key: str, text: str):
+        if key in ("row", "run_dir"):
+            return text
+        if key == "ok":
+            return text == "True"
+        return float(text) if text else None
+
+    with open(path, newline="") as f:
+        rows = [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in rows:
+        r["seed"] = int(r["seed"])
+    return rows
 
 
 def write_plot(results: list[dict], rows: list[tuple[str, str]], out: Path) -> None:
@@ -186,6 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.quick:
         overrides = ["trainer.max_epochs=3", "teacher.max_epochs=3", *overrides]
+    if args.report:
+        results = read_csv(args.report / "results.csv")
+        print(write_table(results, rows, sorted({r["seed"] for r in results}), args.report, args))
+        write_plot(results, rows, args.report)
+        return 0
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = args.out / stamp
     out.mkdir(parents=True, exist_ok=True)

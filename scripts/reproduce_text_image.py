@@ -280,6 +280,32 @@ def table(records: list[dict[str, Any]], rows: list[str], fractions: list[float]
     return "\n".join(lines) + "\n"
 
 
+def paired_table(records: list[dict[str, Any]], rows: list[str], fractions: list[float]) -> str:
+    """Top-1 of each row minus no KD, paired by seed, with its 95 % t-interval."""
+    from crossdistill.analysis.paired import paired_difference
+
+    if "no_kd" not in rows:
+        return ""
+
+    def by_seed(row: str, fraction: float) -> dict[int, float]:
+        return {r["seed"]: r["top1"] for r in records if r["row"] == row
+                and r["fraction"] == fraction}
+
+    order = sorted(fractions, reverse=True)
+    lines = ["Paired difference to no KD, top-1 points (same seed = same data subset, init "
+             "and order; mean of the per-seed differences, 95 % t-interval; \"not resolved\" "
+             "= the interval contains 0):", "",
+             "| method | " + " | ".join(f"Δ top-1 ({100 * f:g} %)" for f in order) + " |",
+             "|---|" + "---|" * len(order)]
+    for row in rows:
+        if row == "no_kd":
+            continue
+        cells = [paired_difference(by_seed(row, f), by_seed("no_kd", f)).format(100.0, 1)
+                 for f in order]
+        lines.append(f"| {ROWS[row]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(records: list[dict[str, Any]], rows: list[str], fractions: list[float], path: Path):
     import matplotlib
 
@@ -320,6 +346,7 @@ def report(records, args, out: Path, seconds: float) -> str:
         "top-1 on the test captions of its own data.",
         "",
         table(records, args.rows, args.fractions),
+        paired_table(records, args.rows, args.fractions),
         "![top-1 vs training fraction](text_image.png)",
         "",
     ]
