@@ -107,7 +107,8 @@ def test_eval_rejects_a_dir_that_is_not_a_run_and_writes_nothing(tmp_path):
 def test_command_line_parsing_imports_no_torch():
     """``--help``, typos and bad options answer before torch / Lightning are imported."""
     code = (
-        "import sys; import crossdistill.train, crossdistill.eval, crossdistill.validation; "
+        "import sys; import crossdistill.train, crossdistill.eval, crossdistill.diagnose; "
+        "import crossdistill.validation; "
         "heavy = [m for m in ('torch', 'pytorch_lightning') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
