@@ -1,4 +1,12 @@
-"""Tables, plots and hypothesis checks for the MFH reproduction."""
+"""Tables, plots and hypothesis checks for the MFH reproduction.
+
+Every difference between two roles is *paired*: the per-seed differences over the seeds
+both roles share (same data draw and initial weights), summarised by their mean and a
+95 % Student-t interval (:func:`crossdistill.analysis.paired.paired_difference`). Where
+the interval contains 0 the difference is reported as *not resolved* and the methods are
+not ranked; a hypothesis check only "holds" when every difference it relies on is resolved
+in the claimed direction.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
+
+from crossdistill.analysis.paired import PairedDifference, paired_difference  # noqa: E402
 
 # Read off the paper's figures (approximate) and Table 2 (exact); see shared notes.
 PAPER_FIG2 = {  # gamma -> (teacher, no_kd, kd)
@@ -32,29 +42,76 @@ PAPER_TABLE2 = {  # gamma -> (regular T, MG T, No-KD, Regular-KD, MG-KD)
     0.75: (89.70, 79.41, 76.46, 76.53, 77.70),
 }
 
+# A KD student "does not improve" with alpha when the 95 % upper bound of its paired gain
+# from the smallest to the largest alpha is at most this many points.
+STUDENT_GAIN_MARGIN = 1.0
+
 
 def _ms(series: pd.Series) -> str:
-    return f"{series.mean():.2f} ± {series.std(ddof=0):.2f}"
+    return f"{series.mean():.2f} ± {series.std(ddof=1):.2f}"
+
+
+def n_seeds(df: pd.DataFrame) -> int:
+    return int(df.seed.nunique())
+
+
+def caption(n: int) -> str:
+    """What the numbers of a table are (written under every table)."""
+    return (
+        f"Test accuracy (%), mean ± std over the n = {n} seeds of each setting; std is the "
+        f"sample standard deviation over seeds (ddof = 1). Δ columns: mean of the per-seed "
+        f"differences (paired: a seed gives both the same data draw) with its 95 % paired "
+        f"Student-t interval (n = {n}); *resolved* where the interval excludes 0, "
+        f"*not resolved* (the two are not ranked) where it contains 0."
+    )
 
 
 def summary(df: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Mean and std over seeds, one row per setting, one column pair per role."""
+    """Mean and sample std (ddof = 1) over seeds, one row per setting, per role."""
     g = df.groupby([key, "role"]).acc
-    out = pd.concat({"mean": g.mean(), "std": g.std(ddof=0)}, axis=1).unstack("role")
+    out = pd.concat({"mean": g.mean(), "std": g.std(ddof=1)}, axis=1).unstack("role")
     return out
 
 
-def _delta(df: pd.DataFrame, key: str, a: str, b: str) -> pd.DataFrame:
-    wide = df.pivot_table(index=[key, "seed"], columns="role", values="acc")
-    d = (wide[a] - wide[b]).groupby(level=0)
-    return pd.concat({"mean": d.mean(), "std": d.std(ddof=0)}, axis=1)
+def by_seed(df: pd.DataFrame, role: str) -> dict[int, float]:
+    """``{seed: acc}`` of one role (``df`` holds one setting)."""
+    part = df[df.role == role]
+    return {int(s): float(a) for s, a in zip(part.seed, part.acc, strict=True)}
+
+
+def paired_deltas(df: pd.DataFrame, key: str, a: str, b: str) -> dict[float, PairedDifference]:
+    """Per setting (value of ``key``): role ``a`` − role ``b``, paired over seeds."""
+    return {
+        value: paired_difference(by_seed(part, a), by_seed(part, b))
+        for value, part in df.groupby(key)
+    }
+
+
+def _between_settings(
+    df: pd.DataFrame, key: str, role: str, hi: float, lo: float, minus: str | None = None
+) -> PairedDifference:
+    """Per seed: ``role`` (minus ``minus``) at ``key = hi`` − the same at ``key = lo``."""
+
+    def per_seed(value: float) -> dict[int, float]:
+        part = df[df[key] == value]
+        acc = by_seed(part, role)
+        if minus is None:
+            return acc
+        base = by_seed(part, minus)
+        return {s: acc[s] - base[s] for s in acc if s in base}
+
+    return paired_difference(per_seed(hi), per_seed(lo))
+
+
+def _fmt(d: PairedDifference) -> str:
+    return d.format(1.0, 2)
 
 
 def table_vary(df: pd.DataFrame, key: str, label: str, paper: str) -> str:
     s = summary(df, key)
-    delta = _delta(df, key, "kd", "no_kd")
+    delta = paired_deltas(df, key, "kd", "no_kd")
     lines = [
-        f"| {label} | Teacher | No-KD student | KD student | Δ KD − No-KD | paper |",
+        f"| {label} | Teacher | No-KD student | KD student | Δ KD − No-KD [95 % CI] | paper |",
         "|---|---|---|---|---|---|",
     ]
     for value in s.index:
@@ -62,11 +119,12 @@ def table_vary(df: pd.DataFrame, key: str, label: str, paper: str) -> str:
             f"{s.loc[value, ('mean', r)]:.2f} ± {s.loc[value, ('std', r)]:.2f}"
             for r in ("teacher", "no_kd", "kd")
         ]
-        d = f"{delta.loc[value, 'mean']:+.2f} ± {delta.loc[value, 'std']:.2f}"
         lines.append(
-            f"| {value:.2f} | " + " | ".join(cells) + f" | {d} | {paper_cell(paper, value)} |"
+            f"| {value:.2f} | "
+            + " | ".join(cells)
+            + f" | {_fmt(delta[value])} | {paper_cell(paper, value)} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + caption(n_seeds(df))
 
 
 def paper_cell(which: str, value: float) -> str:
@@ -86,14 +144,14 @@ def table2_markdown(df: pd.DataFrame, recovery: pd.DataFrame) -> str:
     for mode in ("gt", "alg1", "random"):
         out.append(f"\n### Modality-general teacher chosen by `{mode}`\n")
         out.append(
-            "| γ | Regular T | MG T | No-KD | Regular-KD | MG-KD | Δ MG-KD − Regular-KD |"
+            "| γ | Regular T | MG T | No-KD | Regular-KD | MG-KD "
+            "| Δ MG-KD − Regular-KD [95 % CI] | Δ MG-KD − No-KD [95 % CI] |"
             + (" Alg. 1 recovery |" if mode == "alg1" else "")
         )
-        out.append("|---|---|---|---|---|---|---|" + ("---|" if mode == "alg1" else ""))
+        out.append("|---|---|---|---|---|---|---|---|" + ("---|" if mode == "alg1" else ""))
         for gamma, part in df.groupby("gamma"):
             role = {r: part[part.role == r].acc for r in part.role.unique()}
-            wide = part.pivot_table(index="seed", columns="role", values="acc")
-            d = wide[f"mg_kd_{mode}"] - wide["kd"]
+            mg_kd = by_seed(part, f"mg_kd_{mode}")
             row = [
                 f"{gamma:.2f}",
                 _ms(role["teacher"]),
@@ -101,11 +159,13 @@ def table2_markdown(df: pd.DataFrame, recovery: pd.DataFrame) -> str:
                 _ms(role["no_kd"]),
                 _ms(role["kd"]),
                 _ms(role[f"mg_kd_{mode}"]),
-                f"{d.mean():+.2f} ± {d.std(ddof=0):.2f}",
+                _fmt(paired_difference(mg_kd, by_seed(part, "kd"))),
+                _fmt(paired_difference(mg_kd, by_seed(part, "no_kd"))),
             ]
             if mode == "alg1":
                 row.append(f"{100 * rec.loc[gamma]:.1f} %")
             out.append("| " + " | ".join(row) + " |")
+        out.append("\n" + caption(n_seeds(df)))
     out.append("\n### The paper's Table 2 (MG teacher by Algorithm 1)\n")
     out.append("| γ | Regular T | MG T | No-KD | Regular-KD | MG-KD |")
     out.append("|---|---|---|---|---|---|")
@@ -115,82 +175,159 @@ def table2_markdown(df: pd.DataFrame, recovery: pd.DataFrame) -> str:
 
 
 def plot_vary(df: pd.DataFrame, key: str, xlabel: str, path: Path, title: str) -> None:
-    """Left: accuracy of each role vs the swept value (± 1 std over seeds). Right: the
-    per-seed difference KD − No-KD (± 1 std), which removes the seed-to-seed spread."""
+    """Left: accuracy of each role vs the swept value, band = mean ± 1 sample std over
+    seeds. Right: the paired difference KD − No-KD, band = its 95 % paired t-interval.
+    Both bands and n are written on the figure; the legend sits below the axes."""
     s = summary(df, key)
-    delta = _delta(df, key, "kd", "no_kd")
-    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(9, 3.6))
+    n = n_seeds(df)
+    delta = paired_deltas(df, key, "kd", "no_kd")
+    x = list(delta)
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(10, 4.4))
     names = {"teacher": "Teacher", "no_kd": "No-KD student", "kd": "KD student"}
     for role, label in names.items():
         m, sd = s[("mean", role)], s[("std", role)]
         ax.plot(s.index, m, marker="o", label=label)
         ax.fill_between(s.index, m - sd, m + sd, alpha=0.2)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
-    ax.legend()
-    m, sd = delta["mean"], delta["std"]
-    ax_d.plot(delta.index, m, marker="o", color="tab:green")
-    ax_d.fill_between(delta.index, m - sd, m + sd, color="tab:green", alpha=0.2)
+    ax.set_title(f"{title}\nband: mean ± 1 sample std over n = {n} seeds", fontsize=10)
+    m = [delta[v].mean for v in x]
+    ax_d.plot(x, m, marker="o", color="tab:green", label="KD − No-KD, paired mean")
+    ax_d.fill_between(
+        x,
+        [delta[v].low for v in x],
+        [delta[v].high for v in x],
+        color="tab:green",
+        alpha=0.2,
+        label="95 % paired t-interval",
+    )
     ax_d.axhline(0.0, color="gray", lw=1)
     ax_d.set_ylabel("KD − No-KD (points)")
-    ax_d.set_title("gain from distillation")
+    ax_d.set_title(
+        f"gain from distillation\nband: 95 % paired t-interval, n = {n} seeds", fontsize=10
+    )
     for a in (ax, ax_d):
         a.set_xlabel(xlabel)
         a.grid(alpha=0.3)
+        a.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.18),
+            ncol=3 if a is ax else 2,
+            frameon=False,
+            fontsize=8,
+        )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+HOLDS, NOT_RESOLVED, CONTRADICTED = "holds", "not resolved", "contradicted"
 
 
 @dataclass
 class Check:
+    """One observation of the paper. ``status``: ``holds`` (every paired difference it
+    relies on is resolved in the claimed direction and its trend conditions hold),
+    ``contradicted`` (one is resolved in the wrong direction) or ``not resolved``."""
+
     name: str
-    passed: bool
+    status: str
     detail: str
 
+    @property
+    def passed(self) -> bool:
+        return self.status == HOLDS
+
+    @property
+    def contradicted(self) -> bool:
+        return self.status == CONTRADICTED
+
     def line(self) -> str:
-        return f"- [{'x' if self.passed else ' '}] {self.name}: {self.detail}"
+        return f"- [{'x' if self.passed else ' '}] {self.name}: **{self.status}**. {self.detail}"
+
+
+def _sign(d: PairedDifference, claim: int) -> str:
+    """Status of the claim ``sign(d) == claim`` (+1 or -1) from the 95 % interval."""
+    if not d.resolved:
+        return NOT_RESOLVED
+    return HOLDS if (d.mean > 0) == (claim > 0) else CONTRADICTED
+
+
+def _combine(statuses: list[str], conditions: list[bool]) -> str:
+    if CONTRADICTED in statuses:
+        return CONTRADICTED
+    if all(s == HOLDS for s in statuses) and all(conditions):
+        return HOLDS
+    return NOT_RESOLVED
+
+
+def _d(d: PairedDifference) -> str:
+    """``+1.23 [+0.45, +2.01] (resolved)`` for the check texts."""
+    if d.n < 2:
+        return f"{d.mean:+.2f} (n={d.n}, no interval, not resolved)"
+    verdict = "resolved" if d.resolved else "not resolved: the interval contains 0"
+    return f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] ({verdict})"
 
 
 def hypothesis_checks(exp1: pd.DataFrame, exp2: pd.DataFrame, t2: pd.DataFrame) -> list[Check]:
-    """The three observations the MFH paper makes on these experiments."""
+    """The three observations the MFH paper makes on these experiments, each tested on
+    paired differences with 95 % t-intervals (see :class:`Check`)."""
     checks = []
-    d1 = _delta(exp1, "gamma", "kd", "no_kd")["mean"]
-    rho = spearmanr(d1.index, d1.values).statistic
+    d1 = paired_deltas(exp1, "gamma", "kd", "no_kd")
+    g = sorted(d1)
+    lo, hi = d1[g[0]], d1[g[-1]]
+    rho = spearmanr(g, [d1[v].mean for v in g]).statistic
+    growth = _between_settings(exp1, "gamma", "kd", g[-1], g[0], minus="no_kd")
+    parts = [_sign(lo, -1), _sign(hi, +1), _sign(growth, +1)]
     checks.append(
         Check(
             "exp1: KD − No-KD grows with γ, negative at γ=0, positive at γ=1",
-            bool(rho >= 0.8 and d1.iloc[0] < 0 < d1.iloc[-1]),
-            f"Δ(γ=0) = {d1.iloc[0]:+.2f}, Δ(γ=1) = {d1.iloc[-1]:+.2f}, "
-            f"Spearman ρ(γ, Δ) = {rho:.2f}",
+            _combine(parts, [rho >= 0.8]),
+            f"Δ KD − No-KD at γ={g[0]:.2f}: {_d(lo)}; at γ={g[-1]:.2f}: {_d(hi)}; "
+            f"growth Δ(γ={g[-1]:.2f}) − Δ(γ={g[0]:.2f}): {_d(growth)}; "
+            f"Spearman ρ(γ, mean Δ) = {rho:.2f} (needs ≥ 0.8)",
         )
     )
     s2 = summary(exp2, "alpha")
-    teacher, kd = s2[("mean", "teacher")], s2[("mean", "kd")]
+    a = sorted(s2.index)
+    teacher = s2[("mean", "teacher")]
     rho_t = spearmanr(teacher.index, teacher.values).statistic
+    t_gain = _between_settings(exp2, "alpha", "teacher", a[-1], a[0])
+    kd_gain = _between_settings(exp2, "alpha", "kd", a[-1], a[0])
+    if kd_gain.n >= 2 and kd_gain.high <= STUDENT_GAIN_MARGIN:
+        kd_status, kd_text = HOLDS, "upper bound ≤ 1 point: resolved"
+    elif kd_gain.n >= 2 and kd_gain.low > STUDENT_GAIN_MARGIN:
+        kd_status, kd_text = CONTRADICTED, "lower bound > 1 point: resolved gain"
+    else:
+        kd_status, kd_text = NOT_RESOLVED, "interval contains 1 point: not resolved"
     checks.append(
         Check(
             "exp2: the teacher improves with α while the KD student does not",
-            bool(
-                rho_t >= 0.9
-                and teacher.iloc[-1] - teacher.iloc[0] > 10
-                and kd.iloc[-1] - kd.iloc[0] <= 1.0
-            ),
-            f"teacher {teacher.iloc[0]:.2f} → {teacher.iloc[-1]:.2f} (ρ = {rho_t:.2f}); "
-            f"KD student {kd.iloc[0]:.2f} → {kd.iloc[-1]:.2f}",
+            _combine([_sign(t_gain, +1), kd_status], [rho_t >= 0.9, t_gain.mean > 10]),
+            f"teacher {teacher.iloc[0]:.2f} → {teacher.iloc[-1]:.2f}, paired gain "
+            f"{_d(t_gain)} (mean needs > 10), ρ = {rho_t:.2f} (needs ≥ 0.9); KD student "
+            f"{s2[('mean', 'kd')].iloc[0]:.2f} → {s2[('mean', 'kd')].iloc[-1]:.2f}, paired "
+            f"gain {kd_gain.mean:+.2f} [{kd_gain.low:+.2f}, {kd_gain.high:+.2f}] "
+            f"({kd_text})",
         )
     )
-    m = t2.groupby(["gamma", "role"]).acc.mean().unstack()
     for mode in ("gt", "alg1"):
-        weaker = (m[f"mg_teacher_{mode}"] < m["teacher"]).all()
-        better = (m[f"mg_kd_{mode}"] > m["kd"]).all()
-        gaps = ", ".join(f"{g:.2f}: {v:+.2f}" for g, v in (m[f"mg_kd_{mode}"] - m["kd"]).items())
+        t_gap = paired_deltas(t2, "gamma", f"mg_teacher_{mode}", "teacher")
+        kd_gap = paired_deltas(t2, "gamma", f"mg_kd_{mode}", "kd")
+        parts = [_sign(d, -1) for d in t_gap.values()] + [_sign(d, +1) for d in kd_gap.values()]
+        weaker = [v for v, d in t_gap.items() if _sign(d, -1) != HOLDS]
+        weaker_text = (
+            "MG T − Regular T resolved negative at every γ"
+            if not weaker
+            else "MG T − Regular T not resolved negative at γ = "
+            + ", ".join(f"{v:.2f}: {_d(t_gap[v])}" for v in weaker)
+        )
+        gaps = "; ".join(f"{v:.2f}: {_d(d)}" for v, d in kd_gap.items())
         checks.append(
             Check(
                 f"table2 ({mode}): MG teacher weaker than the regular one, "
                 "its student better, every γ",
-                bool(weaker and better),
-                f"MG-KD − Regular-KD by γ: {gaps}",
+                _combine(parts, []),
+                f"{weaker_text}; MG-KD − Regular-KD by γ: {gaps}",
             )
         )
     return checks
