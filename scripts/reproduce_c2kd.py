@@ -10,10 +10,10 @@ training entry point (a ``crossdistill-train`` subprocess per run), then writes
         c2kd.png       EER clean and under noise per row (error bars = std over seeds)
         runs/<row>_s<seed>/   the run dirs (config, checkpoints, metrics.json, log)
 
-and points ``outputs/c2kd_reproduction/latest`` at it. Teachers are cached by train.py
-(hash of data + teacher config + seed) under ``outputs/teachers``, so all rows of a seed
-share one face teacher (and the weak-teacher row its own); the runs that train a teacher
-go first, then the others, ``--jobs`` at a time.
+and points ``outputs/c2kd_reproduction/latest`` at it. Teachers are cached by the
+pipeline (hash of data + teacher config + seed + data files) under ``outputs/teachers``,
+so all rows of a seed share one face teacher (and the weak-teacher row its own); the runs
+that train a teacher go first, then the others, ``--jobs`` at a time.
 
     python scripts/reproduce_c2kd.py            # 9 rows x 3 seeds
     python scripts/reproduce_c2kd.py --quick    # 1 seed, 3 + 3 epochs: a smoke test

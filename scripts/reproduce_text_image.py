@@ -5,9 +5,9 @@ caption-quality weights, and both with a teacher trained on poor captions. Colum
 and top-5 on the clean test images with 100 % of the training images, top-1 with 25 % and
 10 %; mean +- std over seeds. Every run goes through the same code as
 ``crossdistill-train experiment=text_image/<row> seed=<s> data.train_fraction=<f>``
-(Hydra compose + :func:`crossdistill.train.train`, in worker processes). Teachers are
+(Hydra compose + :func:`crossdistill.pipeline.train`, in worker processes). Teachers are
 trained once per (data, teacher config, seed) and reused from ``outputs/teachers`` by
-every row (train.py's teacher cache); per seed, one job per distinct teacher runs first,
+every row (the pipeline's teacher cache); per seed, one job per distinct teacher runs first,
 so two workers never train the same teacher.
 
 Limited data: ``data.train_fraction`` keeps a stratified, seeded subset of the *paired*
