@@ -243,5 +243,7 @@ def test_script_end_to_end_tiny(tmp_path):
     assert rc == 0
     results = script.load_results(tmp_path / "out" / "results.jsonl")
     assert len(results) == 4
-    assert (tmp_path / "out" / "table.md").read_text().count("| both (C2KD) |") == 1
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert table.count("| both (C2KD) |") == 2  # the results table and the paired table
+    assert "Paired difference to no KD" in table and "(n=1, no interval)" in table
     assert (tmp_path / "out" / "text_image.png").exists()
