@@ -81,8 +81,9 @@ def check_checkpoint_file(path: str | Path, key: str) -> None:
         raise ConfigError(f"{key}={path}: corrupt checkpoint (member {bad} fails its CRC check)")
 
 
-def _teacher_checkpoint(path: str | Path) -> Path:
-    """``teacher.ckpt_path`` may name a run dir: the file it would load from there."""
+def teacher_checkpoint(path: str | Path) -> Path:
+    """A teacher checkpoint, or a run dir: the file it would load from there (the run's
+    selected ``teacher.ckpt`` or ``teacher/teacher.ckpt``)."""
     path = Path(path).expanduser()
     if not path.is_dir():
         return path
@@ -139,7 +140,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     if cfg.get("ckpt_path"):
         check_checkpoint_file(cfg.ckpt_path, "ckpt_path")
     if cfg.teacher.get("ckpt_path"):
-        check_checkpoint_file(_teacher_checkpoint(cfg.teacher.ckpt_path), "teacher.ckpt_path")
+        check_checkpoint_file(teacher_checkpoint(cfg.teacher.ckpt_path), "teacher.ckpt_path")
     check_devices(cfg.trainer)
 
 

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from crossdistill.validation import check_checkpoint_file
+from crossdistill.validation import check_checkpoint_file, teacher_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +37,7 @@ def teacher_key(cfg: DictConfig, data_fingerprint: str | None = None) -> str:
 
 def load_weights(module: nn.Module, path: str | Path) -> None:
     """Load a Lightning checkpoint (or a plain state dict) strictly, naming the file."""
-    path = Path(path)
-    if path.is_dir():  # a run dir: prefer its selected teacher
-        candidates = [path / "teacher.ckpt", path / "teacher" / "teacher.ckpt"]
-        found = [c for c in candidates if c.exists()]
-        if not found:
-            raise FileNotFoundError(
-                f"no teacher checkpoint in {path}; expected one of {[str(c) for c in candidates]}"
-            )
-        path = found[0]
+    path = teacher_checkpoint(path)  # a run dir: its selected teacher
     check_checkpoint_file(path, "checkpoint")  # empty / truncated: one line naming the file
     blob = torch.load(path, map_location="cpu", weights_only=False)
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
