@@ -29,6 +29,18 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("uid", _unique_suffix, use_cache=True)
 
 
+def compose_config(config_name: str = "train", overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides`` outside a Hydra app (no run
+    dir, no job); the one way library code and scripts read a config."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
 def print_config_tree(
     cfg: DictConfig,
     order: Sequence[str] = (
