@@ -28,6 +28,7 @@ from crossdistill.losses import LossComposer
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
 from crossdistill.modules.distill import TEACHER_FIELDS
 from crossdistill.utils.fingerprint import datamodule_fingerprint
+from crossdistill.utils.loggers import STUDENT, is_wandb, stage_overrides
 
 log = logging.getLogger(__name__)
 
@@ -236,16 +237,19 @@ def wandb_available() -> bool:
     return netrc.exists() and "api.wandb.ai" in netrc.read_text()
 
 
-def build_loggers(cfg: DictConfig) -> list[Logger]:
+def build_loggers(cfg: DictConfig, stage: str = STUDENT) -> list[Logger]:
+    """The ``logger`` nodes of ``cfg`` for ``stage`` ('student' or 'teacher'): the teacher
+    stage writes beside the student's (``utils.loggers.stage_overrides``)."""
     loggers: list[Logger] = []
+    run_dir = Path(cfg.paths.output_dir)
     for name, node in (cfg.get("logger") or {}).items():
         if not is_enabled(node):
             continue
-        if "Wandb" in node["_target_"] and not wandb_available():
+        if is_wandb(node) and not wandb_available():
             log.warning("no wandb key found: logging to wandb in offline mode (sync later)")
             os.environ["WANDB_MODE"] = "offline"
-        log.info("logger: %s", name)
-        loggers.append(hydra.utils.instantiate(node))
+        log.info("logger (%s stage): %s", stage, name)
+        loggers.append(hydra.utils.instantiate(node, **stage_overrides(node, stage, run_dir)))
     return loggers
 
 

@@ -23,6 +23,7 @@ from crossdistill.losses import LossComposer
 from crossdistill.modules import TeacherModule
 from crossdistill.utils import teacher_store
 from crossdistill.utils.config import print_config_tree, save_resolved_config
+from crossdistill.utils.loggers import STUDENT, TEACHER, finish_runs, log_config
 from crossdistill.validation import validate_train_config
 
 log = logging.getLogger("crossdistill")
@@ -56,24 +57,31 @@ def fit_and_test(
     module: pl.LightningModule,
     datamodule,
     stage_dir: Path,
+    stage: str = STUDENT,
     resume_from: str | None = None,
-    logger: list | None = None,
     **trainer_kw,
 ) -> tuple[dict[str, float], str | None]:
     """Fit, then validate and test the selected checkpoint; return its val + test metrics
-    (sweepers optimise a ``val/`` metric: model selection never looks at test)."""
+    (sweepers optimise a ``val/`` metric: model selection never looks at test).
+
+    The stage logs to the configured loggers (``builders.build_loggers(cfg, stage)``), the
+    resolved config as their hyperparameters; its W&B run ends with the stage."""
     trainer = B.build_trainer(
         cfg,
         callbacks=_callbacks(cfg, stage_dir),
-        logger=logger or B.build_loggers(cfg) or False,
+        logger=B.build_loggers(cfg, stage) or False,
         **trainer_kw,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-    ckpt = _test_ckpt(cfg, trainer)
-    metrics: dict[str, float] = {}
-    for run in (trainer.validate, trainer.test):
-        results = run(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
-        metrics.update(_scalar_metrics(results[0] if results else {}))
+    try:
+        log_config(trainer.loggers, cfg)  # fast_dev_run: Lightning's dummy logger, no-op
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        ckpt = _test_ckpt(cfg, trainer)
+        metrics: dict[str, float] = {}
+        for run in (trainer.validate, trainer.test):
+            results = run(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=False)
+            metrics.update(_scalar_metrics(results[0] if results else {}))
+    finally:
+        finish_runs(trainer.loggers)
     return metrics, ckpt
 
 
@@ -94,9 +102,8 @@ def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherM
         return teacher, metrics
     log.info("training the teacher (%s epochs)", cfg.teacher.max_epochs)
     stage_dir = run_dir / "teacher"
-    csv = pl.loggers.CSVLogger(str(stage_dir), name="", version="")
     metrics, ckpt = fit_and_test(
-        cfg, teacher, datamodule, stage_dir, max_epochs=cfg.teacher.max_epochs, logger=[csv]
+        cfg, teacher, datamodule, stage_dir, stage=TEACHER, max_epochs=cfg.teacher.max_epochs
     )
     if ckpt:
         teacher_store.load_weights(teacher, ckpt)
