@@ -89,40 +89,58 @@ def tensorboard_hparams(log_dir: Path) -> dict[str, float | str]:
 # --------------------------------------------------------------------------- units
 def test_flatten_gives_override_keys():
     nested = {"distill": {"kd": {"weight": 0.5}, "none": {}}, "tags": ["a", "b"], "seed": 1}
-    assert flatten(nested) == {
-        "distill.kd.weight": 0.5, "distill.none": {}, "tags": ["a", "b"], "seed": 1,
-    }  # fmt: skip
+    flat = {"distill.kd.weight": 0.5, "distill.none": {}, "tags": ["a", "b"], "seed": 1}
+    assert flatten(nested) == flat
 
 
-def test_teacher_stage_overrides(tmp_path):
+def test_stage_overrides(tmp_path):
     run_dir = tmp_path / "run"
+    wandb_node = {
+        "_target_": "pytorch_lightning.loggers.WandbLogger",
+        "name": "exp",
+        "id": "abc",
+        "group": "g",
+        "job_type": "train",
+        "save_dir": str(run_dir),
+    }
     cfg = OmegaConf.create(
         {
-            "csv": {"_target_": "pytorch_lightning.loggers.CSVLogger", "save_dir": str(run_dir)},
-            "tb": {
-                "_target_": "pytorch_lightning.loggers.TensorBoardLogger",
-                "save_dir": str(tmp_path / "shared_tb"),  # outside the run dir
+            "task_name": "task",
+            "paths": {"output_dir": str(run_dir)},
+            "logger": {
+                "csv": {
+                    "_target_": "pytorch_lightning.loggers.CSVLogger",
+                    "save_dir": str(run_dir),
+                },
+                "tb": {
+                    "_target_": "pytorch_lightning.loggers.TensorBoardLogger",
+                    "save_dir": str(tmp_path / "shared_tb"),  # outside the run dir
+                },
+                "wandb": wandb_node,
+                "wandb_no_group": {**wandb_node, "group": None, "id": None},
             },
-            "wandb": {
-                "_target_": "pytorch_lightning.loggers.WandbLogger",
-                "name": "exp",
-                "id": "abc",
-                "group": "g",
-                "job_type": "train",
-                "save_dir": str(run_dir),
-            },  # fmt: skip
         }
     )
-    assert stage_overrides(cfg.csv, "teacher", run_dir) == {"save_dir": str(run_dir / "teacher")}
-    assert stage_overrides(cfg.tb, "teacher", run_dir) == {
+    loggers = cfg.logger
+    assert stage_overrides(cfg, loggers.csv, "teacher") == {"save_dir": str(run_dir / "teacher")}
+    assert stage_overrides(cfg, loggers.tb, "teacher") == {
         "save_dir": str(tmp_path / "shared_tb" / "teacher")
     }
-    assert stage_overrides(cfg.wandb, "teacher", run_dir) == {
-        "job_type": "teacher", "name": "exp-teacher", "id": "abc-teacher",
-    }  # fmt: skip
-    assert all(stage_overrides(node, "student", run_dir) == {} for node in cfg.values())
+    assert stage_overrides(cfg, loggers.wandb, "teacher") == {
+        "job_type": "teacher",
+        "name": "exp-teacher",
+        "id": "abc-teacher",
+    }
+    assert stage_overrides(cfg, loggers.wandb_no_group, "teacher") == {
+        "group": "task",
+        "job_type": "teacher",
+        "name": "exp-teacher",
+    }
+    assert stage_overrides(cfg, loggers.wandb_no_group, "student") == {"group": "task"}
+    for name in ("csv", "tb", "wandb"):
+        assert stage_overrides(cfg, loggers[name], "student") == {}
     with pytest.raises(ValueError, match="'student', 'teacher'.*'techer'"):
-        stage_overrides(cfg.csv, "techer", run_dir)
+        stage_overrides(cfg, loggers.csv, "techer")
 
 
 def test_build_loggers_per_stage(compose_cfg):
@@ -134,6 +152,9 @@ def test_build_loggers_per_stage(compose_cfg):
     assert Path(teacher["CSVLogger"].log_dir) == run_dir / "teacher" / "csv"
     assert Path(student["TensorBoardLogger"].log_dir) == run_dir / "tensorboard"
     assert Path(teacher["TensorBoardLogger"].log_dir) == run_dir / "teacher" / "tensorboard"
+    assert cfg.group is None  # no experiment: both W&B runs are grouped by task_name
+    for loggers in (student, teacher):
+        assert loggers["WandbLogger"]._wandb_init["group"] == cfg.task_name
     assert student["WandbLogger"]._wandb_init["job_type"] == "train"
     assert teacher["WandbLogger"]._wandb_init["job_type"] == "teacher"
     assert teacher["WandbLogger"]._wandb_init["name"] == f"{cfg.task_name}-teacher"

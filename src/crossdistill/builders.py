@@ -238,10 +238,9 @@ def wandb_available() -> bool:
 
 
 def build_loggers(cfg: DictConfig, stage: str = STUDENT) -> list[Logger]:
-    """The ``logger`` nodes of ``cfg`` for ``stage`` ('student' or 'teacher'): the teacher
-    stage writes beside the student's (``utils.loggers.stage_overrides``)."""
+    """The ``logger`` nodes of ``cfg`` for ``stage`` ('student' or 'teacher'); the teacher
+    stage writes under ``<run dir>/teacher`` and its own W&B run (``utils.loggers``)."""
     loggers: list[Logger] = []
-    run_dir = Path(cfg.paths.output_dir)
     for name, node in (cfg.get("logger") or {}).items():
         if not is_enabled(node):
             continue
@@ -249,7 +248,7 @@ def build_loggers(cfg: DictConfig, stage: str = STUDENT) -> list[Logger]:
             log.warning("no wandb key found: logging to wandb in offline mode (sync later)")
             os.environ["WANDB_MODE"] = "offline"
         log.info("logger (%s stage): %s", stage, name)
-        loggers.append(hydra.utils.instantiate(node, **stage_overrides(node, stage, run_dir)))
+        loggers.append(hydra.utils.instantiate(node, **stage_overrides(cfg, node, stage)))
     return loggers
 
 

@@ -3,7 +3,7 @@ hyperparameters, and closing a stage's W&B run.
 
 The student stage uses the ``logger`` nodes as configured. The teacher stage uses the same
 nodes with :func:`stage_overrides`: file loggers write under ``<run dir>/teacher/`` (the
-same layout as the run dir), W&B starts its own run in the same project and group, with
+same layout as the run dir); W&B starts its own run in the same project and group, with
 ``job_type: teacher`` and the name ``<name>-teacher``.
 """
 
@@ -37,27 +37,32 @@ def _rebased(path: str, run_dir: Path, stage_dir: Path) -> str:
         return str(path_ / stage_dir.name)
 
 
-def stage_overrides(node: DictConfig, stage: str, run_dir: Path) -> dict[str, Any]:
-    """Constructor arguments that differ from the configured ``node`` in ``stage``.
+def stage_overrides(cfg: DictConfig, node: DictConfig, stage: str) -> dict[str, Any]:
+    """Constructor arguments of the ``logger`` node ``node`` that differ from the config in
+    ``stage``.
 
-    Student: none. Teacher: W&B gets ``job_type=teacher``, ``name=<name>-teacher`` and, if
-    an ``id``/``version`` is set, ``<id>-teacher`` (it keeps project, group, tags and
-    ``save_dir``, so both runs sit in ``<run dir>/wandb/``); other loggers get their
-    ``save_dir`` moved from ``<run dir>/...`` to ``<run dir>/teacher/...``.
+    W&B without a ``group`` gets ``task_name`` as group in both stages, so a run's teacher
+    and student runs are always grouped. Teacher stage: W&B gets ``job_type=teacher``,
+    ``name=<name>-teacher`` and, if an ``id``/``version`` is set, ``<id>-teacher`` (it
+    keeps project, group, tags and ``save_dir``: both runs sit in ``<run dir>/wandb/``);
+    other loggers get their ``save_dir`` moved from ``<run dir>/...`` to
+    ``<run dir>/teacher/...``.
     """
     if stage not in STAGES:
         raise ValueError(f"logger stage must be one of {STAGES}, got {stage!r}")
-    if stage == STUDENT:
-        return {}
+    overrides: dict[str, Any] = {}
     if is_wandb(node):
-        overrides: dict[str, Any] = {"job_type": stage}
-        for key in ("name", "id", "version"):
-            if node.get(key):
-                overrides[key] = f"{node[key]}-{stage}"
-        return overrides
-    if node.get("save_dir"):
-        return {"save_dir": _rebased(node.save_dir, run_dir, run_dir / stage)}
-    return {}
+        if node.get("group") is None:
+            overrides["group"] = cfg.task_name
+        if stage == TEACHER:
+            overrides["job_type"] = stage
+            for key in ("name", "id", "version"):
+                if node.get(key):
+                    overrides[key] = f"{node[key]}-{stage}"
+    elif stage == TEACHER and node.get("save_dir"):
+        run_dir = Path(cfg.paths.output_dir)
+        overrides["save_dir"] = _rebased(node.save_dir, run_dir, run_dir / stage)
+    return overrides
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
