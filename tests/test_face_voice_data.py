@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from crossdistill.data import synth_face_voice as synth
+from crossdistill.data.datamodules.face_voice import FaceVoiceDataModule
 from crossdistill.data.degrade import (
     DegradationConfig,
     Degrader,
@@ -22,16 +22,12 @@ from crossdistill.data.degrade import (
     estimate_snr_db,
     measured_snr_db,
 )
-from crossdistill.data.face_voice import FaceVoiceDataModule
-from crossdistill.data.voxceleb import (
-    BadFileError,
-    TrialListError,
-    load_waveform,
-    make_trials,
-    read_trials,
-    scan_voxceleb,
-    split_identities,
-)
+from crossdistill.data.generators import synth_face_voice as synth
+from crossdistill.data.readers.voxceleb.bad_files import BadFileError
+from crossdistill.data.readers.voxceleb.media import load_waveform
+from crossdistill.data.readers.voxceleb.scan import scan_voxceleb
+from crossdistill.data.readers.voxceleb.splits import split_identities
+from crossdistill.data.readers.voxceleb.trials import TrialListError, make_trials, read_trials
 
 SR = 16000
 TINY = {"n_identities": 8, "n_shared": 2, "n_face_only": 1, "n_voice_only": 1,

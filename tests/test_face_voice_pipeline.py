@@ -13,7 +13,7 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from crossdistill import builders as B
-from crossdistill.data.voxceleb import Trial
+from crossdistill.data.readers.voxceleb.trials import Trial
 from crossdistill.losses import LossComposer
 from crossdistill.metrics.verification import compute_eer, compute_min_dcf, cosine_scores
 from crossdistill.modules import DistillModule
