@@ -338,7 +338,7 @@ def test_text_image_datamodule_synth_batch_format(tmp_path):
     assert len(dm.data_val) == 16 and len(dm.data_test) == 16
     assert dm.saved_tokenizer_path.is_file()
     assert WordTokenizer.load(dm.saved_tokenizer_path).itos == dm.tokenizer.itos
-    kw = dm.encoder_kwargs("teacher")
+    kw = dm.encoder_inputs("teacher")
     assert kw["vocab_size"] == dm.vocab_size and kw["max_len"] == 10
 
     batch = next(iter(dm.train_dataloader()))

@@ -28,10 +28,10 @@ log = logging.getLogger(__name__)
 
 def scan_voxceleb(root: str | Path, face_root: str | Path | None = None, *,
                   sample_rate: int = 16000, resample: bool = True, on_bad_file: str = "raise",
-                  validatelist_files: bool = True) -> VoxCelebIndex:
+                  validate_files: bool = True) -> VoxCelebIndex:
     """Find all utterances and face frames; check them per ``on_bad_file``.
 
-    With ``validatelist_files`` every WAV header is read (corrupt / empty files, sample rate)
+    With ``validate_files`` every WAV header is read (corrupt / empty files, sample rate)
     and every image is opened and verified; otherwise problems surface when a file is
     loaded (always as an error naming the file). A WAV at another sample rate is accepted
     only with ``resample=True``. Identities without any usable face frame are bad data too.
@@ -47,7 +47,7 @@ def scan_voxceleb(root: str | Path, face_root: str | Path | None = None, *,
             for f in list_files(video, AUDIO_EXTS):
                 rel = f.relative_to(wav_root).as_posix()
                 n, sr = -1, -1
-                if validatelist_files:
+                if validate_files:
                     try:
                         info = sf.info(str(f))
                         n, sr = int(info.frames), int(info.samplerate)
@@ -74,7 +74,7 @@ def scan_voxceleb(root: str | Path, face_root: str | Path | None = None, *,
         for video in list_subdirs(ident):
             frames = []
             for f in list_files(video, IMAGE_EXTS):
-                if validatelist_files:
+                if validate_files:
                     reason = image_problem(f)
                     if reason:
                         bad.report(f, reason)
