@@ -60,12 +60,6 @@ class FaceVoiceDataset(Dataset):
         return len(self.items)
 
     @property
-    def teacher_input_is_deterministic(self) -> bool:
-        """True when ``teacher_input`` depends on the index only (no random face choice;
-        degradations are seeded per index)."""
-        return not self.train or self.train_face_frame != "random"
-
-    @property
     def labels(self) -> list[int]:
         return [self.label_of[u.identity] for u in self.items]
 
