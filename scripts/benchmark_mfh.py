@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from crossdistill.analysis.mfh import protocol as P
-from crossdistill.data import gaussian as G
+from crossdistill.data.generators import gaussian as G
 
 
 def fit(lin: nn.Linear, x, y, hp: P.Hyper, teacher_logits=None) -> nn.Linear:

@@ -25,6 +25,7 @@ import torch
 from omegaconf import OmegaConf
 
 from crossdistill import builders as B
+from crossdistill.data.datamodules.verification import VerificationData
 from crossdistill.losses import LossComposer
 from crossdistill.models.speech import EcapaSpeechEncoder
 from crossdistill.modules.verification import VerificationEvaluator
@@ -69,7 +70,7 @@ def evaluate(module, dm, split: str, batch_size: int) -> tuple[dict, torch.Tenso
     dm.eval_batch_size = batch_size
     ev = module.evaluator
     with torch.no_grad():
-        for batch in dm.eval_dataloader(split):
+        for batch in dm.loader(split):
             ev.step(module, batch, split)
     data = ev.collectors[split].compute()
     emb = data["emb"][torch.argsort(data["index"])]
@@ -138,14 +139,17 @@ def test_metrics_do_not_depend_on_eval_batch_size(tiny_student):
         torch.testing.assert_close(e32, e1, rtol=0, atol=1e-6)
 
 
-class _NoData:
+class _NoData(VerificationData):
     """The evaluator's datamodule interface, unused by ``embed``."""
 
     def trials(self, split):  # pragma: no cover
         return []
 
-    def eval_dataset(self, split):  # pragma: no cover
-        return None
+    def eval_utterances(self, split):  # pragma: no cover
+        return []
+
+    def noisy_eval_input(self, batch, snr_db, seed, kind="white"):  # pragma: no cover
+        return batch["student_input"]
 
 
 # --------------------------------------------------------------------------- slow: DDP
@@ -155,7 +159,7 @@ def test_metrics_same_on_one_process_and_two_ddp_ranks(tiny_student, tmp_path):
     every rank reports the single-process metrics."""
 
     cfg, dm, module = tiny_student
-    assert all(len(dm.eval_dataset(s)) % 2 for s in ("val", "test"))  # padded by a repeat
+    assert all(len(dm.dataset(s)) % 2 for s in ("val", "test"))  # padded by a repeat
     cfg_path, ckpt = tmp_path / "config.yaml", tmp_path / "student.pt"
     OmegaConf.save(cfg, cfg_path)
     torch.save(module.state_dict(), ckpt)

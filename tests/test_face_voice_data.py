@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from crossdistill.data import synth_face_voice as synth
+from crossdistill.data.datamodules.face_voice import FaceVoiceDataModule
 from crossdistill.data.degrade import (
     DegradationConfig,
     Degrader,
@@ -22,16 +22,12 @@ from crossdistill.data.degrade import (
     estimate_snr_db,
     measured_snr_db,
 )
-from crossdistill.data.face_voice import FaceVoiceDataModule
-from crossdistill.data.voxceleb import (
-    BadFileError,
-    TrialListError,
-    load_waveform,
-    make_trials,
-    read_trials,
-    scan_voxceleb,
-    split_identities,
-)
+from crossdistill.data.generators import synth_face_voice as synth
+from crossdistill.data.readers.voxceleb.bad_files import BadFileError
+from crossdistill.data.readers.voxceleb.media import load_waveform
+from crossdistill.data.readers.voxceleb.scan import scan_voxceleb
+from crossdistill.data.readers.voxceleb.splits import split_identities
+from crossdistill.data.readers.voxceleb.trials import TrialListError, make_trials, read_trials
 
 SR = 16000
 TINY = {"n_identities": 8, "n_shared": 2, "n_face_only": 1, "n_voice_only": 1,
@@ -172,23 +168,23 @@ def test_datamodule_synthetic_batches(data_dir, synth_root):
         assert dm.splits["train"][y] == train.items[i].identity
     # eval: full utterances, zero-padded, with true lengths
     ev = next(iter(dm.test_dataloader()))
-    test = dm.eval_dataset("test")
+    test = dm.dataset("test")
     lengths = [sf.info(str(dm.wav_root / p)).frames for p in test.paths[: len(ev["index"])]]
     assert ev["student_lengths"].tolist() == lengths
     assert ev["student_input"].shape == (len(lengths), max(lengths))
     assert ev["student_input"][0, lengths[0]:].abs().sum() == 0 or lengths[0] == max(lengths)
     assert set(ev["label"].tolist()) <= {0, 1}
-    trials = dm.test_trials
+    trials = dm.trials("test")
     assert trials and all(t.enroll in test.path_to_index and t.test in test.path_to_index
                           for t in trials)
-    assert len(dm.eval_dataset("val")) == 8
+    assert len(dm.dataset("val")) == 8
 
 
 def test_seeded_split_uses_trial_speakers(real_copy):
     kw = {"split_files": None, "n_val_identities": 2, "seed": 5}
     dm = real_dm(real_copy, **kw)
     dm.setup()
-    trial_ids = {p.split("/")[0] for t in dm.test_trials for p in (t.enroll, t.test)}
+    trial_ids = {p.split("/")[0] for t in dm.trials("test") for p in (t.enroll, t.test)}
     assert set(dm.splits["test"]) == trial_ids
     assert len(dm.splits["val"]) == 2 and dm.num_classes == 4
     dm2 = real_dm(real_copy, **kw)
@@ -231,8 +227,8 @@ def test_degradation_in_datamodule_hits_snr_and_is_deterministic(data_dir):
     deg = {"speech": {"prob": 1.0, "snr_db": [10.0]},
            "face": {"prob": 1.0, "kinds": ["blur", "occlusion", "low_light"]},
            "splits": ["test"]}
-    clean = tiny_dm(data_dir).eval_dataset("test")
-    noisy = tiny_dm(data_dir, degradation=deg).eval_dataset("test")
+    clean = tiny_dm(data_dir).dataset("test")
+    noisy = tiny_dm(data_dir, degradation=deg).dataset("test")
     for i in range(3):
         a, b, b2 = clean[i], noisy[i], noisy[i]
         assert bool(b["student_degraded"]) and bool(b["teacher_degraded"])
@@ -363,5 +359,5 @@ def test_hydra_configs_instantiate(data_dir, real_copy):
     vox.data.update(image_size=32, n_val_identities=2, n_test_identities=2, num_workers=0,
                     test_trials=str(real_copy / "trials_test.txt"), n_generated_trials=10)
     dm = instantiate(vox.data)
-    assert dm.num_classes == 4 and len(dm.val_trials) == 10
+    assert dm.num_classes == 4 and len(dm.trials("val")) == 10
     assert next(iter(dm.train_dataloader()))["teacher_input"].shape[1:] == (3, 32, 32)

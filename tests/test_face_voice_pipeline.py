@@ -13,7 +13,9 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from crossdistill import builders as B
-from crossdistill.data.voxceleb import Trial
+from crossdistill.data.datamodules.verification import VerificationData
+from crossdistill.data.readers.voxceleb.layout import Utterance
+from crossdistill.data.readers.voxceleb.trials import Trial
 from crossdistill.losses import LossComposer
 from crossdistill.metrics.verification import compute_eer, compute_min_dcf, cosine_scores
 from crossdistill.modules import DistillModule
@@ -71,34 +73,34 @@ def _fake_setup(n_spk=5, per_spk=4, dim=6, n_trials=40, seed=0):
     centres = torch.randn(n_spk, dim, generator=g)
     labels = torch.arange(n_spk).repeat_interleave(per_spk)
     emb = centres[labels] + 0.9 * torch.randn(len(labels), dim, generator=g)
-    items = [SimpleNamespace(path=f"id{s}/v{j % 2}/{j}.wav", identity=f"id{s}", video=f"v{j % 2}")
+    items = [Utterance(f"id{s}/v{j % 2}/{j}.wav", f"id{s}", f"v{j % 2}")
              for s in range(n_spk) for j in range(per_spk)]
     paths = [u.path for u in items]
-    ds = _Split(items, paths)
     trials = []
     for _ in range(n_trials):
         a, b = torch.randint(len(paths), (2,), generator=g).tolist()
         trials.append(Trial(int(labels[a] == labels[b]), paths[a], paths[b]))
-
-    class DM:
-        def trials(self, split):
-            return trials
-
-        def eval_dataset(self, split):
-            return ds
-
-    return DM(), emb, labels, paths, trials
+    return _FakeVerificationData(items, trials), emb, labels, paths, trials
 
 
-class _Split:
-    """What the evaluator reads of an eval dataset."""
+class _FakeVerificationData(VerificationData):
+    """Fixed eval utterances and trials (the same for every split)."""
 
-    def __init__(self, items, paths):
-        self.items, self.paths = items, paths
-        self.path_to_index = {p: i for i, p in enumerate(paths)}
+    def __init__(self, items, trials):
+        self.items, self.trial_list = items, trials
 
-    def __len__(self):
-        return len(self.paths)
+    def trials(self, split):
+        return self.trial_list
+
+    def eval_utterances(self, split):
+        return self.items
+
+    def noisy_eval_input(self, batch, snr_db, seed, kind="white"):  # pragma: no cover
+        raise AssertionError("no noise pass configured")
+
+
+def _no_teacher(batch):
+    return None
 
 
 def _run_evaluator(evaluator, module, emb, labels, order, batch_size=3, split="val"):
@@ -111,7 +113,7 @@ def _run_evaluator(evaluator, module, emb, labels, order, batch_size=3, split="v
 
 def test_evaluator_eer_matches_metrics_on_known_embeddings():
     dm, emb, labels, paths, trials = _fake_setup()
-    module = SimpleNamespace(encoder=_Lookup(emb))
+    module = SimpleNamespace(encoder=_Lookup(emb), teacher_embedding_for_matching=_no_teacher)
     module.embed = module.encoder
     ev = VerificationEvaluator(dm, noise_snr_db=[], matching_k=[2])
     order = torch.randperm(len(paths), generator=torch.Generator().manual_seed(1)).tolist()
@@ -143,6 +145,11 @@ def test_evaluator_eer_matches_metrics_on_known_embeddings():
         assert got["val/eer"] == pytest.approx(ref, abs=1e-6)
 
 
+def test_evaluator_rejects_data_without_trials():
+    with pytest.raises(TypeError, match="VerificationData"):
+        VerificationEvaluator(SimpleNamespace(trials=lambda split: []))
+
+
 def test_evaluator_matching_uses_projected_teacher_faces():
     dm, emb, labels, paths, _ = _fake_setup(n_spk=6, per_spk=4, dim=6)
     centres = torch.eye(6)[labels]
@@ -157,6 +164,9 @@ def test_evaluator_matching_uses_projected_teacher_faces():
 
         def embed(self, x):
             return self.encoder(x)
+
+        def teacher_embedding_for_matching(self, batch):
+            return self.projection(self.teacher_encoder(batch["teacher_input"]))
 
     ev = VerificationEvaluator(dm, noise_snr_db=[], matching_k=[2, 5, 7])
     module = Module()
@@ -253,6 +263,6 @@ def test_cache_refused_for_random_teacher_input(tiny_dm_cfg):
 def test_per_index_face_is_deterministic(tiny_dm_cfg):
     dm = B.build_datamodule(tiny_dm_cfg("face_voice/c2kd"))
     ds = dm.datasets["train"]
-    assert dm.teacher_input_is_deterministic
+    assert dm.teacher_input_fixed_per_index
     for i in (0, 1, len(ds) - 1):
         torch.testing.assert_close(ds[i]["teacher_input"], ds[i]["teacher_input"])

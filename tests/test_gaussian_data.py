@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crossdistill.data import gaussian as G
-from crossdistill.data.gaussian_datamodule import GaussianMFHDataModule
+from crossdistill.data.datamodules.gaussian import GaussianMFHDataModule
+from crossdistill.data.generators import gaussian as G
 
 
 def authors_exp1(seed: int, overlap: int, n: int):

@@ -9,6 +9,7 @@ from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import roc_curve
 
+from crossdistill.metrics.identification import closed_set_identification
 from crossdistill.metrics.matching import CrossModalMatchingAccuracy, matching_accuracy
 from crossdistill.metrics.verification import (
     EqualErrorRate,
@@ -16,6 +17,8 @@ from crossdistill.metrics.verification import (
     compute_eer,
     compute_min_dcf,
     cosine_scores,
+    indexed_cosine_scores,
+    score_trials,
 )
 
 
@@ -207,3 +210,42 @@ def test_matching_seeded_metric_and_errors():
         matching_accuracy(voice, labels, face[:20], labels[:20])
     kept = matching_accuracy(voice, labels, face[:20], labels[:20], skip_missing=True)
     assert 0.0 <= kept <= 1.0
+
+
+# --------------------------------------------------------------------------- trial scoring
+def _unit(cos: float) -> list[float]:
+    return [cos, float(np.sqrt(1.0 - cos**2))]
+
+
+def test_score_trials_by_hand():
+    # enrolment row 0; test rows at cosines 0.9, 0.1 (targets) and 0.5, -0.5 (non-targets)
+    emb = torch.tensor([[1.0, 0.0], *(_unit(c) for c in (0.9, 0.1, 0.5, -0.5))])
+    enroll, test = torch.zeros(4, dtype=torch.long), torch.arange(1, 5)
+    labels = torch.tensor([1, 1, 0, 0])
+    torch.testing.assert_close(
+        indexed_cosine_scores(emb, emb, enroll, test),
+        torch.tensor([0.9, 0.1, 0.5, -0.5], dtype=torch.float64))
+    # descending: T .9, N .5, T .1, N -.5 -> FAR = FRR = 0.5 at threshold 0.5;
+    # p_target 0.5: DCF/0.5 = FRR + FAR, smallest 0.5 (threshold 0.9 or 0.1)
+    got = score_trials(emb, emb, enroll, test, labels, p_target=0.5)
+    assert (got.eer, got.min_dcf, got.num_scored, got.num_trials) == (0.5, 0.5, 4, 4)
+    # without the 0.5 non-target (row 3 not embedded) the targets are all above: EER 0
+    seen = torch.tensor([True, True, True, False, True])
+    got = score_trials(emb, emb, enroll, test, labels, seen, p_target=0.5)
+    assert (got.eer, got.num_scored) == (0.0, 3)
+    # only targets left: not scorable
+    seen[4] = False
+    assert np.isnan(score_trials(emb, emb, enroll, test, labels, seen).eer)
+
+
+def test_closed_set_identification_by_hand():
+    # A: enrol video v0 = [1, 0], query v1 = [0.9, 0.1] -> A (right)
+    # B: enrol video v0 = [0, 1], query v1 = [0.8, 0.2] -> A (wrong)
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.8, 0.2]])
+    ids, videos = ["A", "A", "B", "B"], ["v0", "v1", "v0", "v1"]
+    seen = torch.ones(4, dtype=torch.bool)
+    assert closed_set_identification(emb, seen, ids, videos) == 0.5
+    seen[3] = False
+    assert closed_set_identification(emb, seen, ids, videos) == 1.0
+    seen[2] = False  # B not enrolled: one identity left, nothing to identify among
+    assert closed_set_identification(emb, seen, ids, videos) is None

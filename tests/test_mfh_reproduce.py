@@ -11,7 +11,7 @@ from torch import nn
 from crossdistill.analysis.mfh import protocol as P
 from crossdistill.analysis.mfh import report as R
 from crossdistill.analysis.mfh.reproduce import main
-from crossdistill.data import gaussian as G
+from crossdistill.data.generators import gaussian as G
 
 
 def _init_acc(lin: nn.Linear, x: np.ndarray, y: np.ndarray) -> float:

@@ -10,7 +10,7 @@ from torch import nn
 from crossdistill.analysis.algorithm1 import permutation_scores, recovery_rate, top_channels
 from crossdistill.analysis.mfh import protocol as P
 from crossdistill.analysis.stacked import StackedLinear, composer_loss, train_full_batch
-from crossdistill.data import gaussian as G
+from crossdistill.data.generators import gaussian as G
 
 
 def plain_train(lin: nn.Linear, x, y, epochs, lr, teacher_logits=None):

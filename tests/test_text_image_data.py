@@ -12,19 +12,23 @@ import pytest
 import torch
 from PIL import Image
 
-from crossdistill.data.captions import (
+from crossdistill.data.datamodules.text_image import TextImageDataModule
+from crossdistill.data.generators.synth_captions import (
+    SHAPES,
+    SynthCaptionsParams,
+    generate_synth_captions,
+)
+from crossdistill.data.readers.captions import (
     CaptionDataError,
     CaptionFolderDataset,
     stratified_split,
     stratified_subset,
 )
-from crossdistill.data.cifar100 import CIFAR100Captioned, load_cifar100_split, write_cifar100_like
-from crossdistill.data.synth_captions import (
-    SHAPES,
-    SynthCaptionsParams,
-    generate_synth_captions,
+from crossdistill.data.readers.cifar100 import (
+    CIFAR100Captioned,
+    load_cifar100_split,
+    write_cifar100_like,
 )
-from crossdistill.data.text_image import TextImageDataModule
 from crossdistill.text import WordTokenizer
 
 TINY_SYNTH = dict(num_classes=4, train_per_class=12, val_per_class=4, test_per_class=4)
@@ -334,7 +338,7 @@ def test_text_image_datamodule_synth_batch_format(tmp_path):
     assert len(dm.data_val) == 16 and len(dm.data_test) == 16
     assert dm.saved_tokenizer_path.is_file()
     assert WordTokenizer.load(dm.saved_tokenizer_path).itos == dm.tokenizer.itos
-    kw = dm.encoder_kwargs("teacher")
+    kw = dm.encoder_inputs("teacher")
     assert kw["vocab_size"] == dm.vocab_size and kw["max_len"] == 10
 
     batch = next(iter(dm.train_dataloader()))

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from crossdistill.data.synth_captions import generate_synth_captions
+from crossdistill.data.generators.synth_captions import generate_synth_captions
 from crossdistill.models.heads import ProjectionHead
 from crossdistill.modules import DistillModule, StudentModule
 from crossdistill.train import train

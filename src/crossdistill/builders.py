@@ -6,11 +6,9 @@ classes, embedding sizes) are wired here, so configs never repeat them.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import os
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +19,12 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.seed import isolate_rng
 from torch import nn
-from torch.utils.data import DataLoader
 
 from crossdistill.cache import TeacherFeatureCache
+from crossdistill.data.datamodules.base import PairedDataModule, Side
 from crossdistill.losses import LossComposer
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
 from crossdistill.modules.distill import TEACHER_FIELDS
-from crossdistill.utils.fingerprint import datamodule_fingerprint
 from crossdistill.utils.loggers import STUDENT, is_wandb, stage_overrides
 
 log = logging.getLogger(__name__)
@@ -56,19 +53,23 @@ def is_enabled(node: DictConfig | None) -> bool:
     return node is not None and len(node) > 0 and node.get("_target_") is not None
 
 
-def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
+def build_datamodule(cfg: DictConfig) -> PairedDataModule:
+    """``cfg.data`` instantiated, prepared and set up; it must be a ``PairedDataModule``."""
     datamodule = hydra.utils.instantiate(cfg.data)
+    if not isinstance(datamodule, PairedDataModule):
+        raise TypeError(
+            f"data._target_={cfg.data.get('_target_')!r} built a {type(datamodule).__name__}; "
+            "a datamodule must subclass crossdistill.data.datamodules.base.PairedDataModule "
+            "(see docs/architecture.md, 'a dataset')"
+        )
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
 
 
-def input_wiring(datamodule: pl.LightningDataModule, side: str) -> dict[str, Any]:
+def input_wiring(datamodule: PairedDataModule, side: Side) -> dict[str, Any]:
     """What an encoder of ``side`` ('teacher' or 'student') may need from the data."""
-    spec = getattr(datamodule, "encoder_kwargs", None)
-    if callable(spec):
-        return dict(spec(side))
-    return {"input_dim": getattr(datamodule, f"{side}_input_dim", None)}
+    return dict(datamodule.encoder_inputs(side))
 
 
 def build_encoder_and_classifier(
@@ -88,7 +89,7 @@ def loss_needs_teacher(loss: LossComposer) -> bool:
 
 
 def build_evaluator(
-    node: DictConfig | None, datamodule: pl.LightningDataModule, input_key: str, top_k: int
+    node: DictConfig | None, datamodule: PairedDataModule, input_key: str, top_k: int
 ) -> nn.Module | None:
     """The val/test evaluator; ``None`` (classification accuracy) when not configured."""
     if not is_enabled(node):
@@ -158,52 +159,41 @@ def build_student_module(
 
 
 _LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory")
-_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def data_fingerprint(cfg: DictConfig, datamodule: pl.LightningDataModule) -> str | None:
-    """Fingerprint of the files the datamodule reads (``cache_check``: content | stat),
-    computed once per datamodule; ``None`` for in-memory data defined by the config."""
-    if datamodule not in _FINGERPRINTS:
-        mode = cfg.get("cache_check", "content")
-        _FINGERPRINTS[datamodule] = datamodule_fingerprint(datamodule, mode)
-    return _FINGERPRINTS[datamodule]
+def data_fingerprint(cfg: DictConfig, datamodule: PairedDataModule) -> str | None:
+    """Fingerprint of the files the datamodule reads (``cache_check``: content | stat;
+    computed once per datamodule and mode); ``None`` for in-memory data defined by the
+    config."""
+    return datamodule.content_fingerprint(cfg.get("cache_check", "content"))
 
 
 def build_teacher_cache(
-    cfg: DictConfig, datamodule: pl.LightningDataModule, teacher: TeacherModule
+    cfg: DictConfig, datamodule: PairedDataModule, teacher: TeacherModule
 ) -> TeacherFeatureCache | None:
     """With ``teacher.cache_features: true``: the frozen teacher's embeddings of the whole
     training set, computed once (or reused) into one memory-mapped file keyed by the teacher
-    weights, the data config, the contents of the files the data are read from (or their
-    size + mtime, ``cache_check=stat``) and the preprocessing. Refused when the datamodule
-    says its training teacher input is random per step."""
+    weights, the data config, the training samples (``items_fingerprint``), the contents of
+    the files the data are read from (or their size + mtime, ``cache_check=stat``) and the
+    preprocessing. Refused when the datamodule says its training teacher input is not fixed
+    per sample index."""
     if not cfg.teacher.get("cache_features", False):
         return None
-    deterministic = getattr(datamodule, "teacher_input_is_deterministic", None)
-    if deterministic is False:
+    if not datamodule.teacher_input_fixed_per_index:
         raise ValueError(
             "teacher.cache_features=true needs a teacher input that is fixed per sample index, "
-            "but this datamodule picks it at random per step (e.g. set "
+            f"but {type(datamodule).__name__} picks it at random per step (e.g. set "
             "data.train_face_frame=per_index for the face-voice data)"
         )
-    if deterministic is None:
-        log.warning(
-            "%s does not say whether its teacher input is fixed per index; caching "
-            "the teacher assumes it is",
-            type(datamodule).__name__,
-        )
-    train_loader = datamodule.train_dataloader()
-    dataset = train_loader.dataset
+    dataset = datamodule.dataset("train")
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     for key in _LOADER_KEYS:
         data_cfg.pop(key, None)
-    paths = getattr(dataset, "paths", None)
     fingerprint = {
         "data": data_cfg,
         "split": "train",
         "num_samples": len(dataset),
-        "items": hashlib.sha256("\n".join(paths).encode()).hexdigest() if paths else None,
+        "items": datamodule.items_fingerprint("train"),
         "files": data_fingerprint(cfg, datamodule),
     }
     preprocessing = {"input_key": "teacher_input", "output": "teacher_encoder(x)"}
@@ -214,19 +204,11 @@ def build_teacher_cache(
     if cache.exists():
         log.info("teacher feature cache: reusing %s", cache.array_path)
         return cache
-    loader = DataLoader(
-        dataset,
-        batch_size=train_loader.batch_size or 1,
-        shuffle=False,
-        drop_last=False,
-        collate_fn=train_loader.collate_fn,
-        num_workers=train_loader.num_workers,
-    )
     log.info(
         "teacher feature cache: computing %d embeddings into %s", len(dataset), cache.array_path
     )
     with isolate_rng():  # a cold cache leaves the student's random streams untouched
-        return cache.build(encoder, loader, progress=False)
+        return cache.build(encoder, datamodule.loader("train", ordered=True), progress=False)
 
 
 def wandb_available() -> bool:

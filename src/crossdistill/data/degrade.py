@@ -135,6 +135,21 @@ def add_noise_at_snr(wave: Tensor, snr_db: float, rng: np.random.Generator,
     return wave + torch.from_numpy(noise).to(wave.dtype)
 
 
+def noisy_utterances(waves: Tensor, lengths: Tensor | None, index: Tensor, snr_db: float,
+                     seed: int, kind: str = "white") -> Tensor:
+    """A copy of the padded batch ``waves`` [B, T] with utterance ``j`` mixed with noise at
+    ``snr_db`` over its true length ``lengths[j]`` (all of T when None; padding stays
+    zero). Utterance ``j``'s noise is seeded by ``(seed, snr_db, index[j])``, so it is the
+    same in every run, whatever the batch it is in."""
+    out = waves.clone()
+    code = int(round(snr_db * 100)) + 100_000
+    for j, idx in enumerate(index.tolist()):
+        n = int(lengths[j]) if lengths is not None else waves.shape[-1]
+        rng = np.random.default_rng([seed, code, int(idx)])
+        out[j, :n] = add_noise_at_snr(waves[j, :n].cpu(), snr_db, rng, kind).to(waves)
+    return out
+
+
 def synthetic_rir(rt60: float, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """Exponentially decaying random impulse response (60 dB decay after ``rt60`` s),
     with a unit direct path."""

@@ -33,7 +33,9 @@ Conventions (shared by the functions and the torchmetrics classes):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -45,10 +47,13 @@ from torchmetrics.utilities import dim_zero_cat
 __all__ = [
     "EqualErrorRate",
     "MinDCF",
+    "TrialErrors",
     "compute_eer",
     "compute_min_dcf",
     "cosine_scores",
     "det_curve",
+    "indexed_cosine_scores",
+    "score_trials",
 ]
 
 
@@ -181,6 +186,52 @@ def cosine_scores(
     left = torch.tensor([pos[a] for a, _ in pairs], device=emb.device)
     right = torch.tensor([pos[b] for _, b in pairs], device=emb.device)
     return (emb[left] * emb[right]).sum(-1)
+
+
+def indexed_cosine_scores(
+    enroll_emb: Tensor, test_emb: Tensor, enroll: Tensor, test: Tensor
+) -> Tensor:
+    """Cosine score (float64) of every trial ``(enroll[k], test[k])``: rows of the
+    ``enroll_emb`` / ``test_emb`` tables ``[N, D]``."""
+    e = F.normalize(enroll_emb[enroll].double(), dim=-1)
+    t = F.normalize(test_emb[test].double(), dim=-1)
+    return (e * t).sum(-1)
+
+
+@dataclass(frozen=True)
+class TrialErrors:
+    """EER and normalised minDCF of a trial list (NaN when not scorable)."""
+
+    eer: float
+    min_dcf: float
+    num_scored: int  # trials whose two samples were embedded
+    num_trials: int
+
+
+def score_trials(
+    enroll_emb: Tensor,
+    test_emb: Tensor,
+    enroll: Tensor,
+    test: Tensor,
+    labels: Tensor,
+    seen: Tensor | None = None,
+    *,
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
+) -> TrialErrors:
+    """EER and minDCF of the cosine scores of trials ``(enroll[k], test[k], labels[k])``
+    (positions in the embedding tables). With ``seen`` (bool ``[N]``: which rows were
+    embedded) only trials with both samples seen are scored; without both target and
+    non-target trials among them the errors are NaN."""
+    ok = seen[enroll] & seen[test] if seen is not None else torch.ones_like(labels, dtype=bool)
+    num_scored, num_trials = int(ok.sum()), ok.numel()
+    if not ok.any() or labels[ok].min() == labels[ok].max():
+        return TrialErrors(math.nan, math.nan, num_scored, num_trials)
+    scores = indexed_cosine_scores(enroll_emb, test_emb, enroll[ok], test[ok])
+    eer, _ = compute_eer(scores, labels[ok])
+    dcf, _ = compute_min_dcf(scores, labels[ok], p_target, c_miss, c_fa)
+    return TrialErrors(eer, dcf, num_scored, num_trials)
 
 
 class _TrialMetric(Metric):

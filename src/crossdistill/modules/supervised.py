@@ -110,3 +110,8 @@ class StudentModule(SupervisedModule):
     """The student-only baseline on ``student_input`` (no teacher)."""
 
     input_key = "student_input"
+
+    def teacher_embedding_for_matching(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """The paired teacher inputs embedded in the student's space, for cross-modal
+        matching metrics; None here (no teacher)."""
+        return None

@@ -13,18 +13,17 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from crossdistill.data.degrade import add_noise_at_snr
+from crossdistill.data.datamodules.verification import TrialIndex, VerificationData
+from crossdistill.metrics.identification import closed_set_identification
 from crossdistill.metrics.matching import matching_accuracy
-from crossdistill.metrics.verification import compute_eer, compute_min_dcf
+from crossdistill.metrics.verification import score_trials
 from crossdistill.modules.evaluators import Evaluator
+from crossdistill.modules.supervised import SupervisedModule
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +63,12 @@ def snr_name(snr_db: float) -> str:
 class VerificationEvaluator(Evaluator):
     """Embeds every utterance of the eval split and scores its trial list.
 
-    Logged per split (``val`` / ``test``):
+    The data come from a :class:`~crossdistill.data.datamodules.verification.VerificationData`
+    datamodule, the scores from :mod:`crossdistill.metrics`; this class only embeds and
+    collects. Logged per split (``val`` / ``test``):
 
     * ``<split>/eer``, ``<split>/min_dcf``: cosine scores of ``input_key`` embeddings on
-      ``datamodule.trials(split)`` (minDCF with ``p_target``, ``c_miss``, ``c_fa``,
+      ``datamodule.trial_index(split)`` (minDCF with ``p_target``, ``c_miss``, ``c_fa``,
       normalised). The student embeds every ``student_input`` utterance alone, cut to its
       ``student_lengths`` (see :meth:`embed`), so an embedding never depends on the eval
       batch size, the batch neighbours or the DDP rank; the teacher
@@ -75,15 +76,14 @@ class VerificationEvaluator(Evaluator):
       teacher gets a face-verification EER on the same trials.
     * ``<split>/eer_snr<X>`` / ``min_dcf_snr<X>`` (splits in ``noise_splits``, speech only):
       the same trials with enrolment clean and the test utterance mixed with white noise
-      at ``X`` dB SNR (``data.degrade.add_noise_at_snr`` over the true, unpadded length,
-      seeded by ``(noise_seed, X, index)``: identical in every run).
-    * ``<split>/match_1of<k>`` for ``k`` in ``matching_k`` (a DistillModule with a
-      projection head or a term on ``teacher_embedding``): voice -> face matching of the
-      student voice embeddings against the projected teacher face embeddings P(t) of the
-      paired faces (``metrics.matching``; chance = 1/k).
-    * ``<split>/id_acc``: closed-set identification among the split's speakers: each
-      speaker is enrolled with the mean embedding of its first video; every utterance of
-      its other videos is classified by the most similar enrolment (cosine).
+      at ``X`` dB SNR (``datamodule.noisy_eval_input``: noise over the true, unpadded
+      length, seeded by ``(noise_seed, X, index)``: identical in every run).
+    * ``<split>/match_1of<k>`` for ``k`` in ``matching_k`` (when
+      ``module.teacher_embedding_for_matching`` gives the paired faces in the student's
+      space, e.g. P(t) of a DistillModule with a projection head): voice -> face matching
+      (``metrics.matching``; chance = 1/k).
+    * ``<split>/id_acc``: closed-set identification among the split's speakers
+      (``metrics.identification``).
 
     Embeddings are gathered across DDP ranks (torchmetrics ``cat`` states) and deduplicated
     by sample index (the first row of an index the DistributedSampler repeated to pad a
@@ -97,7 +97,7 @@ class VerificationEvaluator(Evaluator):
 
     def __init__(
         self,
-        datamodule: Any,
+        datamodule: VerificationData,
         input_key: str = "student_input",
         p_target: float = 0.01,
         c_miss: float = 1.0,
@@ -111,10 +111,10 @@ class VerificationEvaluator(Evaluator):
         identification: bool = True,
     ) -> None:
         super().__init__()
-        if not hasattr(datamodule, "trials") or not hasattr(datamodule, "eval_dataset"):
+        if not isinstance(datamodule, VerificationData):
             raise TypeError(
-                f"VerificationEvaluator needs a datamodule with trials(split) and "
-                f"eval_dataset(split) (e.g. FaceVoiceDataModule), got {type(datamodule).__name__}"
+                "VerificationEvaluator needs a VerificationData datamodule (trial lists, e.g. "
+                f"FaceVoiceDataModule), got {type(datamodule).__name__}"
             )
         self.datamodule = datamodule
         self.input_key = input_key
@@ -127,12 +127,12 @@ class VerificationEvaluator(Evaluator):
         self.matching_repeats = int(matching_repeats)
         self.identification = identification
         self.collectors = nn.ModuleDict({s: EmbeddingCollector() for s in ("val", "test")})
-        self._trial_index: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self._trial_index: dict[str, TrialIndex] = {}
         self.last: dict[str, dict[str, float]] = {}  # last computed metrics per split
 
     # ------------------------------------------------------------------ per batch
     def embed(
-        self, module: pl.LightningModule, batch: dict[str, Tensor], x: Tensor | None = None
+        self, module: SupervisedModule, batch: dict[str, Tensor], x: Tensor | None = None
     ) -> Tensor:
         """``input_key`` embedding of ``batch`` (or of ``x`` in its place).
 
@@ -150,49 +150,22 @@ class VerificationEvaluator(Evaluator):
             [module.embed(x[j : j + 1, : int(n)]) for j, n in enumerate(lengths.tolist())]
         )
 
-    def _noisy(self, x: Tensor, batch: dict[str, Tensor], snr_db: float) -> Tensor:
-        """``x`` with each utterance noised over its true length (padding stays zero)."""
-        lengths = batch.get("student_lengths")
-        out = x.clone()
-        code = int(round(snr_db * 100)) + 100_000
-        for j, idx in enumerate(batch["index"].tolist()):
-            n = int(lengths[j]) if lengths is not None else x.shape[-1]
-            rng = np.random.default_rng([self.noise_seed, code, int(idx)])
-            out[j, :n] = add_noise_at_snr(x[j, :n].cpu(), snr_db, rng, self.noise_kind).to(x)
-        return out
-
-    @staticmethod
-    def _teacher_face(module: pl.LightningModule, batch: dict[str, Tensor]) -> Tensor | None:
-        """P(t) of the paired faces; None without a teacher, or when nothing maps the teacher
-        into the student's space (no projection head and no term on teacher_embedding)."""
-        teacher = getattr(module, "teacher_encoder", None)
-        if teacher is None or "teacher_input" not in batch:
-            return None
-        projection = getattr(module, "projection", None)
-        aligned = "teacher_embedding" in getattr(getattr(module, "loss", None),
-                                                 "required_fields", ())
-        if projection is None and not aligned:
-            return None
-        face = teacher(batch["teacher_input"])
-        return projection(face) if projection is not None else face
-
     @torch.no_grad()
-    def step(self, module: pl.LightningModule, batch: dict[str, Tensor], split: str) -> None:
+    def step(self, module: SupervisedModule, batch: dict[str, Tensor], split: str) -> None:
         emb = self.embed(module, batch).float()
         bs = emb.shape[0]
         noisy = emb.new_zeros(bs, 0, emb.shape[1])
         if self.input_key == "student_input" and split in self.noise_splits and self.noise_snr_db:
-            x = batch[self.input_key]
             noisy = torch.stack(
                 [
-                    self.embed(module, batch, self._noisy(x, batch, s)).float()
+                    self.embed(module, batch, self._noisy_input(batch, s)).float()
                     for s in self.noise_snr_db
                 ],
                 dim=1,
             )
         face = emb.new_zeros(bs, 0)
         if self.matching_k and self.input_key == "student_input":
-            projected = self._teacher_face(module, batch)
+            projected = module.teacher_embedding_for_matching(batch)
             if projected is not None and projected.shape[1] == emb.shape[1]:
                 face = projected.float()
         self.collectors[split].update(
@@ -203,25 +176,24 @@ class VerificationEvaluator(Evaluator):
             noisy=noisy,
         )
 
+    def _noisy_input(self, batch: dict[str, Tensor], snr_db: float) -> Tensor:
+        return self.datamodule.noisy_eval_input(batch, snr_db, self.noise_seed, self.noise_kind)
+
     # ------------------------------------------------------------------ per epoch
-    def _trials(self, split: str) -> tuple[Tensor, Tensor, Tensor]:
+    def _trials(self, split: str) -> TrialIndex:
         if split not in self._trial_index:
-            ds = self.datamodule.eval_dataset(split)
-            trials = self.datamodule.trials(split)
-            pos = ds.path_to_index
-            enroll = torch.tensor([pos[t.enroll] for t in trials], dtype=torch.long)
-            test = torch.tensor([pos[t.test] for t in trials], dtype=torch.long)
-            labels = torch.tensor([t.label for t in trials], dtype=torch.long)
-            self._trial_index[split] = (enroll, test, labels)
+            self._trial_index[split] = self.datamodule.trial_index(split)
         return self._trial_index[split]
 
     def _verification(
-        self, enroll_emb: Tensor, test_emb: Tensor, trials, seen: Tensor, split: str, suffix: str
+        self, enroll_emb: Tensor, test_emb: Tensor, seen: Tensor, split: str, suffix: str
     ) -> dict[str, float]:
-        enroll, test, labels = trials
-        ok = seen[enroll] & seen[test]
-        nan = {f"{split}/eer{suffix}": math.nan, f"{split}/min_dcf{suffix}": math.nan}
-        if not ok.any() or labels[ok].min() == labels[ok].max():
+        trials = self._trials(split)
+        errors = score_trials(
+            enroll_emb, test_emb, trials.enroll, trials.test, trials.label, seen,
+            p_target=self.p_target, c_miss=self.c_miss, c_fa=self.c_fa,
+        )  # fmt: skip
+        if math.isnan(errors.eer):
             log.warning(
                 "%s: no scorable target + non-target trials among the %d embedded "
                 "utterances; %s/eer%s is NaN",
@@ -230,54 +202,21 @@ class VerificationEvaluator(Evaluator):
                 split,
                 suffix,
             )
-            return nan
-        if not ok.all() and not suffix:
+        elif errors.num_scored < errors.num_trials and not suffix:
             log.warning(
                 "%s: scoring %d of %d trials (only part of the split was embedded)",
                 split,
-                int(ok.sum()),
-                ok.numel(),
+                errors.num_scored,
+                errors.num_trials,
             )
-        e = F.normalize(enroll_emb[enroll[ok]].double(), dim=-1)
-        t = F.normalize(test_emb[test[ok]].double(), dim=-1)
-        scores = (e * t).sum(-1)
-        eer, _ = compute_eer(scores, labels[ok])
-        dcf, _ = compute_min_dcf(scores, labels[ok], self.p_target, self.c_miss, self.c_fa)
-        return {f"{split}/eer{suffix}": eer, f"{split}/min_dcf{suffix}": dcf}
+        return {f"{split}/eer{suffix}": errors.eer, f"{split}/min_dcf{suffix}": errors.min_dcf}
 
     def _identification(self, emb: Tensor, seen: Tensor, split: str) -> dict[str, float]:
-        ds = self.datamodule.eval_dataset(split)
-        items = ds.items
-        first_video: dict[str, str] = {}
-        for u in items:
-            first_video[u.identity] = min(u.video, first_video.get(u.identity, u.video))
-        ids = sorted(first_video)
-        col = {i: c for c, i in enumerate(ids)}
-        enrol_sum = emb.new_zeros(len(ids), emb.shape[1])
-        enrol_n = emb.new_zeros(len(ids))
-        queries, truth = [], []
-        for j, u in enumerate(items):
-            if not seen[j]:
-                continue
-            if u.video == first_video[u.identity]:
-                enrol_sum[col[u.identity]] += F.normalize(emb[j], dim=-1)
-                enrol_n[col[u.identity]] += 1
-            else:
-                queries.append(j)
-                truth.append(col[u.identity])
-        usable = enrol_n > 0
-        if usable.sum() < 2 or not queries:
-            return {}
-        keep = [k for k, c in enumerate(truth) if usable[c]]
-        if not keep:
-            return {}
-        q = F.normalize(emb[[queries[k] for k in keep]], dim=-1)
-        protos = F.normalize(enrol_sum, dim=-1)
-        sims = q @ protos.T
-        sims[:, ~usable] = -math.inf
-        pred = sims.argmax(1)
-        acc = (pred == torch.tensor([truth[k] for k in keep])).float().mean().item()
-        return {f"{split}/id_acc": acc}
+        utterances = self.datamodule.eval_utterances(split)
+        acc = closed_set_identification(
+            emb, seen, [u.identity for u in utterances], [u.video for u in utterances]
+        )
+        return {} if acc is None else {f"{split}/id_acc": acc}
 
     def compute(self, split: str) -> dict[str, float]:
         """Gather this split's embeddings (all ranks) and compute its metrics."""
@@ -285,7 +224,7 @@ class VerificationEvaluator(Evaluator):
         self.collectors[split].reset()
         if not data:
             return {}
-        n = len(self.datamodule.eval_dataset(split))
+        n = self.datamodule.eval_size(split)
         index = data["index"]
         if index.numel() and (index.min() < 0 or index.max() >= n):
             raise IndexError(f"{split}: eval batch index out of range [0, {n})")
@@ -306,14 +245,13 @@ class VerificationEvaluator(Evaluator):
             return out
 
         emb = table(data["emb"].double())
-        trials = self._trials(split)
-        metrics = self._verification(emb, emb, trials, seen, split, "")
+        metrics = self._verification(emb, emb, seen, split, "")
         noisy = data["noisy"]
         if noisy.shape[1] == len(self.noise_snr_db) and noisy.shape[1] > 0:
             noisy = table(noisy.double())
             for s, snr in enumerate(self.noise_snr_db):
                 metrics.update(
-                    self._verification(emb, noisy[:, s], trials, seen, split, f"_{snr_name(snr)}")
+                    self._verification(emb, noisy[:, s], seen, split, f"_{snr_name(snr)}")
                 )
         labels = table(data["label"])
         if data["face"].shape[1] > 0:
@@ -342,7 +280,7 @@ class VerificationEvaluator(Evaluator):
             metrics.update(self._identification(emb, seen, split))
         return metrics
 
-    def epoch_end(self, module: pl.LightningModule, split: str) -> None:
+    def epoch_end(self, module: SupervisedModule, split: str) -> None:
         metrics = self.compute(split)
         self.last[split] = metrics
         for name, value in metrics.items():

@@ -1,7 +1,8 @@
-"""Fingerprints of the files a datamodule reads, for cache keys.
+"""Fingerprints of the files a datamodule reads (and of its sample list), for cache keys.
 
 A cached teacher or a cached table of teacher features is valid only for the data it was
-computed from. Keys therefore include a fingerprint of every input file:
+computed from. Keys therefore include a fingerprint of every input file
+(``PairedDataModule.content_fingerprint``):
 
 * ``content`` (default): sha256 of every file's bytes (and its path relative to its root):
   any change of any byte changes the key, whatever the timestamps say.
@@ -63,11 +64,7 @@ def fingerprint_paths(paths: Iterable[str | Path], mode: str = "content") -> str
     return h.hexdigest()
 
 
-def datamodule_fingerprint(datamodule: object, mode: str = "content") -> str | None:
-    """Fingerprint of ``datamodule.input_paths()`` (every file or folder it reads), or
-    ``None`` for data held in memory and fully determined by the config."""
-    lister = getattr(datamodule, "input_paths", None)
-    if lister is None:
-        return None
-    paths = list(lister())
-    return fingerprint_paths(paths, mode) if paths else None
+def fingerprint_items(items: Iterable[str]) -> str:
+    """sha256 of a list of sample names (e.g. the file of every sample, in index order):
+    the same files in another order or subset give another key."""
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()

@@ -26,7 +26,7 @@ from crossdistill.analysis.stacked import (
     composer_loss,
     train_full_batch,
 )
-from crossdistill.data import gaussian as G
+from crossdistill.data.generators import gaussian as G
 from crossdistill.losses import LossComposer, LossInputs
 from crossdistill.utils.config import CONFIG_DIR
 

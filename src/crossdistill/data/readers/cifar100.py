@@ -126,7 +126,7 @@ class CIFAR100Captioned:
     Args:
         root: folder containing ``cifar-100-python/`` (or that folder itself).
         split: ``train`` or ``test`` (validation is carved from train by the data module,
-            see :func:`crossdistill.data.captions.stratified_split`).
+            see :func:`crossdistill.data.readers.captions.stratified_split`).
         label_level: ``fine`` (100 classes) or ``coarse`` (20 super-classes).
         templates: caption templates with a ``{name}`` placeholder.
         template_seed: seed of the per-sample template choice (differs per split).

@@ -1,7 +1,7 @@
 """Built-in captioned-image data: procedurally drawn shapes with captions of known quality.
 
 :func:`generate_synth_captions` writes, under ``data_dir``, a folder in the caption-folder
-layout read by :class:`crossdistill.data.captions.CaptionFolderDataset`::
+layout read by :class:`crossdistill.data.readers.captions.CaptionFolderDataset`::
 
     <data_dir>/synth_captions-<key>/manifest.json    parameters, counts (written last)
     <data_dir>/synth_captions-<key>/classes.txt
@@ -409,7 +409,7 @@ def generate_synth_captions(
         ):
             counts[split] = _write_split(tmp, split, n, params, off)
         info = {
-            "generator": "crossdistill.data.synth_captions",
+            "generator": "crossdistill.data.generators.synth_captions",
             "params": asdict(params),
             "kind_probs": dict(zip(CAPTION_KINDS, params.kind_probs(), strict=True)),
             "classes": classes,

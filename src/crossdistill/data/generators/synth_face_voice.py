@@ -16,7 +16,7 @@ model (glottal pulse train with jittered, intonated f0 -> spectral tilt -> lip r
 modulation at the speaking rate, pauses, per-utterance pitch jitter, loudness and
 background noise (30-40 dB SNR per video).
 
-Output (see :mod:`crossdistill.data.voxceleb`)::
+Output (see :mod:`crossdistill.data.readers.voxceleb`)::
 
     <data_dir>/synth_face_voice/<key>/wav/idNNNNN/vidNN/NNNNN.wav     (PCM_16)
     <data_dir>/synth_face_voice/<key>/faces/idNNNNN/vidNN/NNNN.png
@@ -50,7 +50,7 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image, ImageDraw
 
-from crossdistill.data.voxceleb import make_trials, write_trials
+from crossdistill.data.readers.voxceleb.trials import make_trials, write_trials
 
 log = logging.getLogger(__name__)
 

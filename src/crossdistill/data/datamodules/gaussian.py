@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from crossdistill.data import gaussian as G
+from crossdistill.data.datamodules.base import PairedDataModule, Side, Split, check_side
+from crossdistill.data.generators import gaussian
 
 LAYOUTS = ("gamma", "alpha", "modify_gamma")
 
@@ -36,28 +38,29 @@ class PairedTensorDataset(Dataset):
 
 def build_layout(
     layout: str, overlap: int, teacher_only: int, shared: int, teacher_dim: int, student_dim: int
-) -> G.ModalityLayout:
+) -> gaussian.ModalityLayout:
     if layout == "gamma":
-        return G.gamma_layout(overlap, teacher_dim, student_dim)
+        return gaussian.gamma_layout(overlap, teacher_dim, student_dim)
     if layout == "alpha":
-        return G.alpha_layout(teacher_only, teacher_dim, student_dim)
+        return gaussian.alpha_layout(teacher_only, teacher_dim, student_dim)
     if layout == "modify_gamma":
-        return G.modify_gamma_layout(shared, teacher_only, teacher_dim, student_dim)
+        return gaussian.modify_gamma_layout(shared, teacher_only, teacher_dim, student_dim)
     raise ValueError(f"data.layout must be one of {LAYOUTS}, got {layout!r}")
 
 
-class GaussianMFHDataModule(pl.LightningDataModule):
+class GaussianMFHDataModule(PairedDataModule):
     """Train / val / test draws of one MFH setting.
 
     Train and hyperplane come from ``RandomState(seed)``, test from ``RandomState(seed+1)``
     (the authors' experiments 1-2); validation from ``RandomState(seed + 7919)``, used only
     for model selection outside the paper protocol. Every split is drawn by
-    :func:`crossdistill.data.gaussian.sample` in the layout's ``draw_order``, so
+    :func:`crossdistill.data.generators.gaussian.sample` in the layout's ``draw_order``, so
     ``layout=modify_gamma`` draws ``x_a`` before ``x_b`` like the authors' Table 2 and the
     reproduction: its train split is the authors' first Table-2 draw of the seed (their
     test set continues that stream; here it is drawn from ``seed + 1`` for every layout).
     ``teacher_columns`` keeps only those columns of x_a (a modality-general teacher, MFH
-    Table 2).
+    Table 2). Training batches are the full training set unless ``batch_size`` is set;
+    eval batches hold 1024 samples.
     """
 
     def __init__(
@@ -77,7 +80,8 @@ class GaussianMFHDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        batch_size = min(batch_size or n_train, n_train)  # full batch, as in the paper
+        super().__init__(batch_size, eval_batch_size=1024, num_workers=num_workers)
         self.layout = build_layout(layout, overlap, teacher_only, shared, teacher_dim, student_dim)
         if teacher_columns is not None:
             bad = [c for c in teacher_columns if not 0 <= int(c) < teacher_dim]
@@ -90,10 +94,7 @@ class GaussianMFHDataModule(pl.LightningDataModule):
         )
         self.hyperplane = hyperplane
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
-        self.batch_size = batch_size or n_train  # full batch, as in the paper
         self.seed = seed
-        self.num_workers = num_workers
-        self.num_classes = 2
         self.teacher_input_dim = (
             len(self.teacher_columns) if self.teacher_columns is not None else teacher_dim
         )
@@ -104,29 +105,37 @@ class GaussianMFHDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         rng = np.random.RandomState(self.seed)
-        a = G.draw_hyperplane(rng, self.layout.z_dim, self.hyperplane)
+        a = gaussian.draw_hyperplane(rng, self.layout.z_dim, self.hyperplane)
         draws = {"train": rng}
         draws["test"] = np.random.RandomState(self.seed + 1)
         draws["val"] = np.random.RandomState(self.seed + 7919)
         for split in ("train", "test", "val"):
-            x_a, x_b, y = G.sample(self.layout, self.sizes[split], a, draws[split])
+            x_a, x_b, y = gaussian.sample(self.layout, self.sizes[split], a, draws[split])
             if self.teacher_columns is not None:
                 x_a = x_a[:, self.teacher_columns]
             self.datasets[split] = PairedTensorDataset(x_a, x_b, y)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=min(self.batch_size, len(self.datasets[split])) if shuffle else 1024,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-        )
+    @property
+    def num_classes(self) -> int:
+        return 2
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def encoder_inputs(self, side: Side) -> dict[str, Any]:
+        check_side(side)
+        dim = self.teacher_input_dim if side == "teacher" else self.student_input_dim
+        return {"input_dim": dim}
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    @property
+    def teacher_input_fixed_per_index(self) -> bool:
+        return True
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def input_paths(self) -> list[Path]:
+        """Nothing: the draws are fully defined by the config (seed, sizes, layout)."""
+        return []
+
+    def dataset(self, split: Split) -> PairedTensorDataset:
+        if not self.datasets:
+            raise RuntimeError("call setup() before requesting datasets or dataloaders")
+        return self.datasets[split]
+
+    def drop_last(self, num_samples: int) -> bool:
+        return False

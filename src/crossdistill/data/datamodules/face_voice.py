@@ -1,6 +1,6 @@
 """Face (teacher) -> voice (student) speaker-recognition DataModule.
 
-Reads the VoxCeleb layout of :mod:`crossdistill.data.voxceleb`; with ``root=None`` it
+Reads the VoxCeleb layout of :mod:`crossdistill.data.readers.voxceleb`; with ``root=None`` it
 first generates (or reuses) the built-in synthetic data set under ``data_dir``.
 
 Batches (dicts, see docs/CONVENTIONS.md):
@@ -13,48 +13,50 @@ Batches (dicts, see docs/CONVENTIONS.md):
 * ``label`` int64 [B]: speaker index *within the split* (val/test speakers are disjoint
   from the training speakers, so val/test labels are not training classes: use them for
   verification / clustering, not with the training classifier);
-* ``index`` int64 [B]: index into that split's dataset (``eval_dataset(split).paths``
-  maps it to the utterance path used by the trial lists);
+* ``index`` int64 [B]: index into that split's dataset (``eval_utterances(split)`` maps
+  it to the utterance used by the trial lists);
 * ``student_snr_db`` / ``student_quality`` float [B]: blind SNR estimate of the (possibly
   degraded) waveform (with ``estimate_snr``); ``teacher_degraded`` / ``student_degraded``
   bool [B] when a degradation config is given.
 
-Verification: ``val_trials`` / ``test_trials`` are lists of ``Trial(label, enroll,
-test)`` with paths relative to the wav root; embed ``eval_dataset(split)`` (all
-utterances of the split's speakers, via ``val/test_dataloader``) and score trials with
-``eval_dataset(split).path_to_index``.
+Verification (:class:`~crossdistill.data.datamodules.verification.VerificationData`):
+``trials(split)`` lists ``Trial(label, enroll, test)`` with paths relative to the wav root;
+embed every utterance of the split (``val/test_dataloader``) and score the trials at
+``trial_index(split)``; ``noisy_eval_input`` gives the noise-robustness inputs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch import Tensor
 
-from crossdistill.data.degrade import DegradationConfig, Degrader, to_plain
-from crossdistill.data.synth_face_voice import SynthFaceVoiceConfig, generate_synth_face_voice
-from crossdistill.data.voxceleb import (
-    FaceVoiceDataset,
-    Trial,
-    VoxCelebIndex,
+from crossdistill.data.datamodules.base import SPLITS, PairedDataModule, Side, Split, check_side
+from crossdistill.data.datamodules.verification import VerificationData
+from crossdistill.data.degrade import DegradationConfig, Degrader, noisy_utterances, to_plain
+from crossdistill.data.generators.synth_face_voice import (
+    SynthFaceVoiceConfig,
+    generate_synth_face_voice,
+)
+from crossdistill.data.readers.voxceleb.bad_files import BAD_FILE_POLICIES
+from crossdistill.data.readers.voxceleb.collate import pad_collate
+from crossdistill.data.readers.voxceleb.dataset import FaceVoiceDataset
+from crossdistill.data.readers.voxceleb.layout import Utterance, VoxCelebIndex
+from crossdistill.data.readers.voxceleb.scan import scan_voxceleb
+from crossdistill.data.readers.voxceleb.splits import (
     check_disjoint,
-    make_trials,
-    pad_collate,
     read_identity_list,
-    read_trials,
-    scan_voxceleb,
     split_identities,
 )
+from crossdistill.data.readers.voxceleb.trials import Trial, make_trials, read_trials
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
 
 
-class FaceVoiceDataModule(pl.LightningDataModule):
+class FaceVoiceDataModule(PairedDataModule, VerificationData):
     """Paired face/voice data; see the module docstring for the batch format.
 
     Args:
@@ -94,9 +96,9 @@ class FaceVoiceDataModule(pl.LightningDataModule):
                  mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), seed: int = 0,
                  train_face_frame: str = "random"):
-        super().__init__()
-        if on_bad_file not in ("raise", "skip"):
-            raise ValueError(f"on_bad_file={on_bad_file!r}; valid: ['raise', 'skip']")
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise ValueError(f"on_bad_file={on_bad_file!r}; valid: {list(BAD_FILE_POLICIES)}")
         self.root = root
         self.face_root = face_root
         self.data_dir = data_dir
@@ -120,10 +122,6 @@ class FaceVoiceDataModule(pl.LightningDataModule):
         self.image_size = int(image_size)
         self.crop_seconds = float(crop_seconds)
         self.eval_max_seconds = eval_max_seconds
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
         self.split_files = to_plain(split_files)
         self.n_val_identities = n_val_identities
         self.n_test_identities = n_test_identities
@@ -269,10 +267,18 @@ class FaceVoiceDataModule(pl.LightningDataModule):
         return len(self._splits["train"])
 
     @property
-    def teacher_input_is_deterministic(self) -> bool:
-        """Whether training ``teacher_input`` is a function of the sample index (required
-        to cache the frozen teacher's outputs)."""
+    def teacher_input_fixed_per_index(self) -> bool:
+        """False with ``train_face_frame=random`` (a face frame drawn per step)."""
         return self.train_face_frame != "random"
+
+    def encoder_inputs(self, side: Side) -> dict[str, Any]:
+        """Face teacher: channels, image size (and flattened size for vector encoders);
+        speech student: the sample rate."""
+        check_side(side)
+        if side == "teacher":
+            size = self.image_size
+            return {"in_chans": 3, "image_size": size, "input_dim": 3 * size * size}
+        return {"sample_rate": self.sample_rate}
 
     @property
     def teacher_input_shape(self) -> tuple[int, int, int]:
@@ -283,24 +289,37 @@ class FaceVoiceDataModule(pl.LightningDataModule):
         """Training crop shape (eval utterances vary in length)."""
         return (int(round(self.crop_seconds * self.sample_rate)),)
 
-    @property
-    def val_trials(self) -> list[Trial]:
+    def dataset(self, split: Split) -> FaceVoiceDataset:
+        """Training crops (``train``) or all utterances of the split's speakers, full length
+        (``val`` / ``test``), one sample each."""
         self._build()
-        return self._trials["val"]
+        return self._datasets[split]
 
-    @property
-    def test_trials(self) -> list[Trial]:
-        self._build()
-        return self._trials["test"]
+    def collate(self, split: Split) -> Callable:
+        return pad_collate
 
+    def drop_last(self, num_samples: int) -> bool:
+        return num_samples >= 2 * self.batch_size
+
+    def sample_ids(self, split: Split) -> list[str]:
+        """Utterance paths relative to the wav root, in index order."""
+        return self.dataset(split).paths
+
+    # ------------------------------------------------------------------ verification
     def trials(self, split: str) -> list[Trial]:
         self._build()
         return self._trials[split]
 
-    def eval_dataset(self, split: str) -> FaceVoiceDataset:
-        """All utterances of the split's speakers (full length), one sample each."""
-        self._build()
-        return self._datasets[split]
+    def eval_utterances(self, split: str) -> list[Utterance]:
+        return self.dataset(split).items
+
+    def noisy_eval_input(
+        self, batch: dict[str, Tensor], snr_db: float, seed: int, kind: str = "white"
+    ) -> Tensor:
+        """Each utterance noised over its true length (``student_lengths``; padding stays
+        zero), see :func:`crossdistill.data.degrade.noisy_utterances`."""
+        return noisy_utterances(batch["student_input"], batch.get("student_lengths"),
+                                batch["index"], snr_db, seed, kind)
 
     @property
     def wav_root(self) -> Path:
@@ -315,29 +334,6 @@ class FaceVoiceDataModule(pl.LightningDataModule):
         data = [root] if self.synthetic else [self._index.wav_root, self._index.face_root]
         listed = [*(self.split_files or {}).values(), self.val_trials_file, self.test_trials_file]
         return data + [_resolve(f, root) for f in listed if f is not None]
-
-    # ------------------------------------------------------------------ loaders
-    def train_dataloader(self) -> DataLoader:
-        self._build()
-        ds = self._datasets["train"]
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True,
-                          drop_last=len(ds) >= 2 * self.batch_size, collate_fn=pad_collate,
-                          **self._loader_kwargs())
-
-    def val_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self.eval_dataloader("test")
-
-    def eval_dataloader(self, split: str) -> DataLoader:
-        self._build()
-        return DataLoader(self._datasets[split], batch_size=self.eval_batch_size, shuffle=False,
-                          collate_fn=pad_collate, **self._loader_kwargs())
-
-    def _loader_kwargs(self) -> dict[str, Any]:
-        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory,
-                "persistent_workers": self.num_workers > 0}
 
 
 def _resolve(path: str | Path, root: Path) -> Path:

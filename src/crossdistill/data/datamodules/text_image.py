@@ -3,12 +3,12 @@
 Sources (``source``):
 
 - ``synth``: built-in shapes with captions of controlled quality
-  (:mod:`crossdistill.data.synth_captions`), generated under ``data_dir`` and read through
-  the caption-folder loader; uses its own ``val`` / ``test`` splits.
+  (:mod:`crossdistill.data.generators.synth_captions`), generated under ``data_dir`` and
+  read through the caption-folder loader; uses its own ``val`` / ``test`` splits.
 - ``cifar100``: CIFAR-100 python release under ``root`` with class-name descriptions
-  (:mod:`crossdistill.data.cifar100`); validation carved from train.
+  (:mod:`crossdistill.data.readers.cifar100`); validation carved from train.
 - ``caption_folder``: any folder in the caption-folder layout
-  (:mod:`crossdistill.data.captions`): ``root/{train,val,test}/captions.jsonl`` or a single
+  (:mod:`crossdistill.data.readers.captions`): ``root/{train,val,test}/captions.jsonl`` or a single
   ``root/captions.jsonl`` (val carved from it; test falls back to val with a warning).
 
 Batch (dict, default collation):
@@ -39,20 +39,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from crossdistill.data.captions import (
+from crossdistill.data.datamodules.base import PairedDataModule, Side, Split, check_side
+from crossdistill.data.generators.synth_captions import SynthCaptionsParams, generate_synth_captions
+from crossdistill.data.readers.captions import (
     CaptionFolderDataset,
     find_classes_file,
     read_classes_file,
     stratified_split,
     stratified_subset,
 )
-from crossdistill.data.cifar100 import CIFAR100Captioned
-from crossdistill.data.synth_captions import SynthCaptionsParams, generate_synth_captions
+from crossdistill.data.readers.cifar100 import CIFAR100Captioned
 from crossdistill.text.tokenizer import WordTokenizer
 
 log = logging.getLogger(__name__)
@@ -124,14 +124,14 @@ class TextImageDataset(Dataset):
         }
 
 
-class TextImageDataModule(pl.LightningDataModule):
+class TextImageDataModule(PairedDataModule):
     """Captioned images for text-teacher -> image-student distillation.
 
     Args:
         source: ``synth`` | ``cifar100`` | ``caption_folder``.
         root: dataset folder (``cifar100``, ``caption_folder``); unused for ``synth``.
         data_dir: cache folder for generated data and saved tokenizers.
-        synth: :class:`~crossdistill.data.synth_captions.SynthCaptionsParams` fields.
+        synth: :class:`~crossdistill.data.generators.synth_captions.SynthCaptionsParams` fields.
         train_fraction: stratified, seeded fraction of the training images kept (1.0 /
             0.25 / 0.1 for the limited-data experiment); val/test are unaffected.
         val_fraction: fraction of train carved (stratified, seeded) as validation when the
@@ -181,7 +181,7 @@ class TextImageDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
         if source not in SOURCES:
             raise ValueError(f"source={source!r} is not valid; use one of {list(SOURCES)}")
         if source in ("cifar100", "caption_folder") and not root:
@@ -219,10 +219,6 @@ class TextImageDataModule(pl.LightningDataModule):
         self.templates = list(templates) if templates else None
         self.tokenizer_path = tokenizer_path
         self.in_memory = bool(in_memory)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
         self.seed = int(seed)
         self.tokenizer: WordTokenizer | None = None
         self._restored_tokenizer: dict | None = None
@@ -261,18 +257,22 @@ class TextImageDataModule(pl.LightningDataModule):
         """Flattened image size (for vector encoders such as a linear baseline)."""
         return 3 * self.image_size * self.image_size
 
-    def encoder_kwargs(self, side: str) -> dict[str, Any]:
+    def encoder_inputs(self, side: Side) -> dict[str, Any]:
         """Constructor arguments the data fixes: vocabulary / lengths for the text teacher,
         channels and flattened size for the image student."""
+        check_side(side)
         if side == "teacher":
             return {"vocab_size": self.vocab_size, "max_len": self.max_len, "pad_id": 0}
-        if side == "student":
-            return {"in_chans": 3, "input_dim": self.student_input_dim}
-        raise ValueError(f"side must be 'teacher' or 'student', got {side!r}")
+        return {"in_chans": 3, "input_dim": self.student_input_dim}
+
+    @property
+    def teacher_input_fixed_per_index(self) -> bool:
+        """Captions are tokenized once: a sample's token ids never change."""
+        return True
 
     @property
     def synth_root(self) -> Path:
-        from crossdistill.data.synth_captions import synth_captions_root
+        from crossdistill.data.generators.synth_captions import synth_captions_root
 
         return synth_captions_root(self.data_dir, self.synth_params)
 
@@ -309,7 +309,7 @@ class TextImageDataModule(pl.LightningDataModule):
                 raise FileNotFoundError(
                     f"caption_folder root {root} does not exist; expected "
                     "<root>/{train,val,test}/captions.jsonl or <root>/captions.jsonl "
-                    "(see crossdistill.data.captions)"
+                    "(see crossdistill.data.readers.captions)"
                 )
         kw = {"empty_caption": self.empty_caption, "in_memory": self.in_memory}
         split_root = root / "train" if (root / "train" / "captions.jsonl").is_file() else root
@@ -387,28 +387,11 @@ class TextImageDataModule(pl.LightningDataModule):
             return [self.synth_root]
         return [Path(self.root).expanduser()]
 
-    # ------------------------------------------------------------- dataloaders
-    def _loader(self, ds: TextImageDataset | None, train: bool) -> DataLoader:
-        if ds is None:
-            raise RuntimeError("call setup() before requesting dataloaders")
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            drop_last=train and len(ds) > self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, False)
+    def dataset(self, split: Split) -> TextImageDataset:
+        data = {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]
+        if data is None:
+            raise RuntimeError("call setup() before requesting datasets or dataloaders")
+        return data
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

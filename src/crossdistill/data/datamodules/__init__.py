@@ -1,0 +1,1 @@
+"""One LightningDataModule per modality pair, all subclassing ``base.PairedDataModule``."""

@@ -1,0 +1,1 @@
+"""Built-in synthetic data: generated from a config, cached under ``data_dir`` or in memory."""

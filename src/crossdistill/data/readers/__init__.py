@@ -1,0 +1,1 @@
+"""Readers of on-disk data formats (no Lightning, no generation)."""
