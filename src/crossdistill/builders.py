@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from crossdistill.cache import TeacherFeatureCache
 from crossdistill.losses import LossComposer
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
-from crossdistill.modules.distill import TEACHER_FIELDS
+from crossdistill.modules.distill import STUDENT_MODULE_FIELDS, TEACHER_FIELDS
 from crossdistill.utils.fingerprint import datamodule_fingerprint
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def build_encoder_and_classifier(
 
 
 def loss_needs_teacher(loss: LossComposer) -> bool:
+    """True when a term reads a teacher field (teacher features included)."""
     return bool(loss.required_fields & TEACHER_FIELDS)
 
 
@@ -116,13 +117,24 @@ def build_teacher_module(cfg: DictConfig, datamodule: pl.LightningDataModule) ->
     )
 
 
+def _example_batch(datamodule: pl.LightningDataModule, size: int = 2) -> dict[str, Any]:
+    """The first ``size`` training samples collated as in training (random streams kept),
+    for the dry forward that sizes feature connectors."""
+    loader = datamodule.train_dataloader()
+    dataset = loader.dataset
+    with isolate_rng():
+        return loader.collate_fn([dataset[i] for i in range(min(size, len(dataset)))])
+
+
 def build_student_module(
     cfg: DictConfig,
     datamodule: pl.LightningDataModule,
     loss: LossComposer,
     teacher: TeacherModule | None,
 ) -> StudentModule:
-    """The student-only baseline when no term needs a teacher, else a DistillModule."""
+    """The student-only baseline when the terms read only what it computes (logits,
+    embedding, labels), else a DistillModule (with ``teacher`` when a term reads a teacher
+    field; student features or margin-free logits alone need none)."""
     encoder, classifier = build_encoder_and_classifier(cfg.student, datamodule, "student")
     common = dict(
         num_classes=datamodule.num_classes,
@@ -133,12 +145,12 @@ def build_student_module(
             cfg.get("evaluator"), datamodule, "student_input", cfg.get("top_k", 1)
         ),
     )
-    if teacher is None:
-        if loss_needs_teacher(loss):
-            raise ValueError("the configured distill terms need a teacher, but none was given")
+    if teacher is None and loss_needs_teacher(loss):
+        raise ValueError("the configured distill terms need a teacher, but none was given")
+    if teacher is None and loss.required_fields <= STUDENT_MODULE_FIELDS:
         return StudentModule(encoder, classifier, loss=loss, **common)
     projection = None
-    if is_enabled(cfg.get("projection")):
+    if teacher is not None and is_enabled(cfg.get("projection")):
         projection = instantiate_wired(
             cfg.projection, in_dim=teacher.encoder.embedding_dim, out_dim=encoder.embedding_dim
         )
@@ -146,12 +158,13 @@ def build_student_module(
     return DistillModule(
         encoder,
         classifier,
-        teacher_encoder=teacher.encoder,
-        teacher_classifier=teacher.classifier,
+        teacher_encoder=teacher.encoder if teacher is not None else None,
+        teacher_classifier=teacher.classifier if teacher is not None else None,
         loss=loss,
         projection=projection,
         quality=quality,
-        teacher_cache=build_teacher_cache(cfg, datamodule, teacher),
+        teacher_cache=build_teacher_cache(cfg, datamodule, teacher) if teacher else None,
+        example_batch=_example_batch(datamodule) if loss.needs_feature_shapes else None,
         **common,
     )
 

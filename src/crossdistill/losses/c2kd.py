@@ -1,4 +1,4 @@
-"""C2KD-style soft constraints (our interpretation, docs: NOTES.md section 2).
+"""C2KD-style soft constraints (our interpretation).
 
 * ``feature_margin``: feature-level soft constraint, a hinge on the distance between the
   student embedding ``s`` and the projected teacher embedding ``P(t)``.
