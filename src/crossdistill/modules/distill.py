@@ -139,7 +139,7 @@ class DistillModule(StudentModule):
         if teacher_cache is not None and self.teacher_taps:
             raise ValueError(
                 "teacher.cache_features stores embeddings only; the configured terms read "
-                f"teacher features {sorted(taps['teacher'])}: disable the cache"
+                f"teacher features {sorted(taps['teacher'])}: set teacher.cache_features=false"
             )
         if "teacher_embedding" in self.needed and projection is None:
             t_dim = getattr(teacher_encoder, "embedding_dim", None)
