@@ -163,7 +163,9 @@ def build_student_module(
         loss=loss,
         projection=projection,
         quality=quality,
-        teacher_cache=build_teacher_cache(cfg, datamodule, teacher) if teacher else None,
+        teacher_cache=(
+            build_teacher_cache(cfg, datamodule, teacher) if teacher is not None else None
+        ),
         example_batch=_example_batch(datamodule) if loss.needs_feature_shapes else None,
         **common,
     )
