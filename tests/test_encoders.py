@@ -13,6 +13,7 @@ from torch import nn
 
 from crossdistill.models.image import TimmImageEncoder
 from crossdistill.models.speech import EcapaSpeechEncoder
+from crossdistill.models.taps import FeatureRecorder
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY_RESNET = dict(model_name="resnet18", channels=[8, 8, 16, 16], embedding_dim=12)
@@ -32,10 +33,11 @@ def test_image_encoder_shapes_and_features():
     x = torch.randn(2, 3, 32, 32)
     emb = enc(x)
     assert enc.embedding_dim == 12 and emb.shape == (2, 12)
-    emb2, fmap = enc.forward_with_features(x)
+    with FeatureRecorder(enc, {"l3": "backbone.layer3", "l4": "backbone.layer4"}).recording() as f:
+        emb2 = enc(x)
     torch.testing.assert_close(emb, emb2)
-    # small stem keeps 32 px through layer1; three stride-2 stages -> 4x4
-    assert fmap.shape == (2, 16, 4, 4)
+    # small stem keeps 32 px through layer1; stride-2 stages -> 8x8 after layer3, 4x4 after 4
+    assert f["l3"].shape == (2, 16, 8, 8) and f["l4"].shape == (2, 16, 4, 4)
 
 
 def test_small_input_changes_stem():
@@ -94,23 +96,28 @@ def test_ecapa_shapes_features_and_backward():
     torch.manual_seed(0)
     enc = EcapaSpeechEncoder(**TINY_ECAPA)
     wav = torch.randn(2, 16000)
-    emb, fmap = enc.forward_with_features(wav)
+    recorder = FeatureRecorder(enc, {"mfa": "ecapa.mfa"})
+    with recorder.recording() as f:
+        emb = enc(wav)
     assert enc.embedding_dim == 32 and emb.shape == (2, 32)
-    assert fmap.shape == (2, 96, 101)  # 10 ms hop, centred frames
-    (emb.sum() + fmap.mean()).backward()
+    assert f["mfa"].shape == (2, 96, 101)  # 10 ms hop, centred frames
+    (emb.sum() + f["mfa"].mean()).backward()
     assert enc.ecapa.blocks[0].conv.conv.weight.grad is not None
     enc.eval()
+    with torch.no_grad(), recorder.recording():
+        tapped = enc(wav)
     with torch.no_grad():
-        torch.testing.assert_close(enc(wav), enc.forward_with_features(wav)[0])
+        torch.testing.assert_close(enc(wav), tapped)  # hooks do not change the output
 
 
 def test_ecapa_lengths_and_last_block_features():
     torch.manual_seed(0)
-    enc = EcapaSpeechEncoder(**TINY_ECAPA, feature_layer="last_block").eval()
+    enc = EcapaSpeechEncoder(**TINY_ECAPA).eval()
     wav = torch.randn(2, 8000)
-    with torch.no_grad():
-        emb, fmap = enc.forward_with_features(wav, torch.tensor([1.0, 0.5]))
-    assert emb.shape == (2, 32) and fmap.shape == (2, 32, 51) and torch.isfinite(emb).all()
+    last_block = f"ecapa.blocks.{len(TINY_ECAPA['channels']) - 2}"
+    with torch.no_grad(), FeatureRecorder(enc, {"last": last_block}).recording() as f:
+        emb = enc(wav, torch.tensor([1.0, 0.5]))
+    assert emb.shape == (2, 32) and f["last"].shape == (2, 32, 51) and torch.isfinite(emb).all()
     # per-utterance mean normalisation over the valid frames only
     feats = enc.features(wav, torch.tensor([1.0, 0.5]))
     assert feats[0].mean(0).abs().max() < 1e-4

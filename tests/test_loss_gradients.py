@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 import crossdistill.losses  # noqa: F401  (registers every term)
 from crossdistill.losses import LossComposer, LossInputs, build_loss_term
-from crossdistill.losses.base import LOSS_TERMS
+from crossdistill.losses.base import LOSS_TERMS, LossTerm
 from crossdistill.models.heads import AdditiveAngularMarginClassifier
 
 B, D, D_RAW, C, H, W = 4, 16, 12, 5, 3, 3
@@ -34,8 +34,18 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("channel_independence", {"target": "teacher", "detach_teacher": False}),
     ("spatial_uniformity", {"mode": "wang_isola"}),
     ("spatial_uniformity", {"normalize": True, "power": 1.0}),
+    ("spatial_uniformity", {"side": "teacher"}),
+    ("feature_hint", {"pairs": [{"student": "map", "teacher": "wide"}]}),  # 1x1 conv
+    ("feature_hint", {"pairs": [{"student": "map", "teacher": "vec"}], "pool": True}),  # linear
 ]
-TERMS = [(name, {}) for name in sorted(LOSS_TERMS)] + VARIANTS
+#: parameters a term cannot do without (the default entry of TERMS)
+REQUIRED_PARAMS: dict[str, dict[str, Any]] = {
+    "feature_hint": {"pairs": [{"student": "map", "teacher": "map"}]},
+}
+TERMS = [(name, REQUIRED_PARAMS.get(name, {})) for name in sorted(LOSS_TERMS)] + VARIANTS
+
+#: the named features make_inputs() records on each side (shape without the batch axis)
+FEATURES = {"map": (C, H, W), "wide": (C + 2, H, W), "vec": (D,)}
 
 # (how, which side: the student's fields, the teacher's, or both)
 DEGENERATE = ["zeros", "one_zero_row", "tiny", "small", "duplicate_all", "duplicate_two"]
@@ -50,8 +60,6 @@ CASES = (
 def _shape(field: str, batch: int) -> tuple[int, ...]:
     if field.endswith("_logits"):
         return (batch, C)
-    if field.endswith("_feature_map"):
-        return (batch, C, H, W)
     if field == "teacher_raw_embedding":
         return (batch, D_RAW)
     if field.endswith("_embedding"):
@@ -76,26 +84,45 @@ def _degrade(x: Tensor, how: str) -> Tensor:
 
 
 def make_inputs(how: str, side: str, seed: int = 0) -> tuple[LossInputs, dict[str, Tensor]]:
-    """Every field of LossInputs filled (float ones as leaves that require grad)."""
+    """Every field of LossInputs filled, the feature dicts with ``FEATURES`` (float tensors
+    as leaves that require grad, keyed ``field`` or ``field[name]``)."""
     batch = 1 if how == "batch_of_1" else B
     dtype = torch.bfloat16 if how.startswith("bf16") else torch.float32
     how = how.removeprefix("bf16").removeprefix("_")
     gen = torch.Generator().manual_seed(seed)
-    values: dict[str, Tensor] = {}
+    values: dict[str, Any] = {}
     leaves: dict[str, Tensor] = {}
+
+    def leaf(key: str, shape: tuple[int, ...], is_student: bool) -> Tensor:
+        x = torch.randn(shape, generator=gen)
+        if how in DEGENERATE and (side == "both" or is_student == (side == "student")):
+            x = _degrade(x, how)
+        leaves[key] = x.to(dtype).requires_grad_(True)
+        return leaves[key]
+
     for field in LossInputs.field_names():
+        is_student = field.startswith("student")
         if field == "labels":
             values[field] = torch.arange(batch) % C
         elif field == "sample_weights":
             values[field] = torch.rand(batch, generator=gen) + 0.5
+        elif field.endswith("_features"):
+            values[field] = {
+                name: leaf(f"{field}[{name}]", (batch, *shape), is_student)
+                for name, shape in FEATURES.items()
+            }
         else:
-            x = torch.randn(_shape(field, batch), generator=gen)
-            is_student = field.startswith("student")
-            if how in DEGENERATE and (side == "both" or is_student == (side == "student")):
-                x = _degrade(x, how)
-            x = x.to(dtype).requires_grad_(True)
-            values[field] = leaves[field] = x
+            values[field] = leaf(field, _shape(field, batch), is_student)
     return LossInputs(**values), leaves
+
+
+def build_term(name: str, params: dict[str, Any]) -> LossTerm:
+    """The term, its connectors (if any) built for the shapes of ``FEATURES``."""
+    term = build_loss_term(name, **params)
+    if term.needs_feature_shapes:
+        shapes = {n: (B, *shape) for n, shape in FEATURES.items()}
+        term.bind_feature_shapes(shapes, shapes)
+    return term
 
 
 def _id(params: dict[str, Any]) -> str:
@@ -119,7 +146,7 @@ def test_gradients_finite_and_bounded(name, params, how, side):
     1e-6-scale inputs (``rkd_distance``, ``spatial_uniformity``, ``feature_margin``).
     """
     inputs, leaves = make_inputs(how, side)
-    term = build_loss_term(name, **params)
+    term = build_term(name, params)
     missing = [f for f in term.requires if getattr(inputs, f) is None]
     assert not missing, f"make_inputs() left {missing} empty"
     value = term(inputs)

@@ -27,7 +27,8 @@ def test_terms_registered_with_requires():
         "rkd_distance": ("student_embedding", "teacher_embedding"),
         "rkd_angle": ("student_embedding", "teacher_embedding"),
         "channel_independence": ("student_embedding",),
-        "spatial_uniformity": ("student_feature_map",),
+        "spatial_uniformity": ("student_features",),
+        "feature_hint": ("student_features", "teacher_features"),
     }
     for name, req in expected.items():
         assert LOSS_TERMS[name].requires == req
@@ -39,6 +40,9 @@ def test_terms_registered_with_requires():
         "student_embedding",
         "teacher_embedding",
     )
+    su = build_loss_term("spatial_uniformity", feature="l3", side="teacher")
+    assert su.requires == ("teacher_features",)
+    assert su.teacher_features == ("l3",) and su.student_features == ()
 
 
 # ---------------------------------------------------------------- feature_margin
@@ -213,19 +217,25 @@ def test_spatial_uniformity_by_hand():
             [[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]],  # all zero -> uniform -> 0
         ]
     )
-    inp = _inputs(student_feature_map=fmap, labels=torch.zeros(4).long())
+    inp = _inputs(student_features={"map": fmap}, labels=torch.zeros(4).long())
     out = term(inp)
     np.testing.assert_allclose(out.numpy(), [0.0, math.log(4), math.log(2), 0.0], atol=1e-6)
     # [B, C, H, W] gives the same values on the same positions
-    out2d = term(_inputs(student_feature_map=fmap.reshape(4, 2, 2, 2), labels=inp.labels))
+    out2d = term(_inputs(student_features={"map": fmap.reshape(4, 2, 2, 2)}, labels=inp.labels))
     np.testing.assert_allclose(out2d.numpy(), out.numpy(), atol=1e-6)
     normed = build_loss_term("spatial_uniformity", normalize=True)(inp)
     np.testing.assert_allclose(normed.numpy(), [0.0, 1.0, 0.5, 0.0], atol=1e-6)
     fmap_g = fmap.clone().requires_grad_(True)
-    term(_inputs(student_feature_map=fmap_g, labels=inp.labels)).sum().backward()
+    term(_inputs(student_features={"map": fmap_g}, labels=inp.labels)).sum().backward()
     assert torch.isfinite(fmap_g.grad).all()
-    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
-        term(_inputs(student_feature_map=torch.ones(2, 3)))
+    with pytest.raises(ValueError, match=r"student feature 'map' of shape \[B, C, H, W\]"):
+        term(_inputs(student_features={"map": torch.ones(2, 3)}))
+    # the teacher side reads teacher_features under its own name
+    teacher_side = build_loss_term("spatial_uniformity", feature="t3", side="teacher")
+    out_t = teacher_side(_inputs(teacher_features={"t3": fmap}, labels=inp.labels))
+    np.testing.assert_allclose(out_t.numpy(), out.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="spatial_uniformity.side"):
+        build_loss_term("spatial_uniformity", side="both")
 
 
 def test_spatial_uniformity_wang_isola_by_hand():
@@ -235,24 +245,38 @@ def test_spatial_uniformity_wang_isola_by_hand():
     fmap = torch.tensor(
         [[[1.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [3.0, 3.0]], [[-2.0, -2.0], [0.0, 0.0]]]
     )
-    out = term(_inputs(student_feature_map=fmap, labels=torch.zeros(3).long()))
+    out = term(_inputs(student_features={"map": fmap}, labels=torch.zeros(3).long()))
     expected = math.log((4 * math.exp(-4) + 2 * math.exp(-8)) / 6)
     assert out.item() == pytest.approx(expected, rel=1e-6)
-    one = term(_inputs(student_feature_map=fmap[:1], labels=torch.zeros(1).long()))
+    one = term(_inputs(student_features={"map": fmap[:1]}, labels=torch.zeros(1).long()))
     assert one.item() == 0.0
 
 
 # ---------------------------------------------------------------- configs + composer
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["hard_l2", "rkd", "feature_margin", "shared_classifier", "c2kd", "c2kd_quality", "dskd"],
-)
+#: module paths the feature configs leave to the experiment (``???``)
+FEATURE_PATHS = {
+    "dskd": {"student": {"map": "encoder.ecapa.mfa"}},
+    "fitnets_multi": {
+        "student": {"l3": "encoder.backbone.layer3", "l4": "encoder.backbone.layer4"},
+        "teacher": {"l3": "encoder.backbone.layer3", "l4": "encoder.backbone.layer4"},
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONF.glob("*.yaml")))
 def test_distill_configs_build(name):
     spec = yaml.safe_load((CONF / f"{name}.yaml").read_text())
+    if name in FEATURE_PATHS:
+        with pytest.raises(ValueError, match=r"distill.features.student.\w+ is not set"):
+            LossComposer(spec)
+        spec["features"] = FEATURE_PATHS[name]
     composer = LossComposer(spec)
     assert "ce" in composer.terms
+    sides = ("student", "teacher")
+    taps = {side: {n: t.path for n, t in composer.feature_taps[side].items()} for side in sides}
+    assert taps == {side: FEATURE_PATHS.get(name, {}).get(side, {}) for side in sides}
 
 
 def test_c2kd_composer_with_quality_weights():

@@ -14,8 +14,8 @@ from crossdistill.losses import (
     LossInputs,
     NonFiniteLossError,
     build_loss_term,
+    functional,
 )
-from crossdistill.losses import functional as LF
 
 S = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
 T = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
@@ -35,13 +35,13 @@ def _kl(t_row, s_row, temp=1.0):
 
 def test_kd_batchmean_matches_hand_computed_kl():
     expected = [_kl(T[i].tolist(), S[i].tolist()) for i in range(2)]
-    got = LF.kd_kl(S, T, temperature=1.0, reduction="batchmean", scale_by_t2=False)
+    got = functional.kd_kl(S, T, temperature=1.0, reduction="batchmean", scale_by_t2=False)
     assert got.tolist() == pytest.approx(expected, abs=1e-6)
 
 
 def test_kd_temperature_and_t2_scaling():
     expected = [4.0 * _kl(T[i].tolist(), S[i].tolist(), 2.0) for i in range(2)]
-    got = LF.kd_kl(S, T, temperature=2.0, reduction="batchmean", scale_by_t2=True)
+    got = functional.kd_kl(S, T, temperature=2.0, reduction="batchmean", scale_by_t2=True)
     assert got.tolist() == pytest.approx(expected, abs=1e-6)
 
 
@@ -49,34 +49,34 @@ def test_kd_elementwise_mean_equals_mfh_kldivloss_default():
     """The MFH code's loss: KLDivLoss() ('mean' over batch*classes) at T=1."""
     s, t = torch.randn(7, 2), torch.randn(7, 2)
     reference = torch.nn.KLDivLoss()(torch.log_softmax(s, 1), torch.softmax(t, 1))
-    ours = LF.kd_kl(s, t, 1.0, "elementwise_mean", scale_by_t2=False).mean()
+    ours = functional.kd_kl(s, t, 1.0, "elementwise_mean", scale_by_t2=False).mean()
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
     batchmean = torch.nn.KLDivLoss(reduction="batchmean")(
         torch.log_softmax(s, 1), torch.softmax(t, 1)
     )
-    assert LF.kd_kl(s, t, 1.0, "batchmean", False).mean().item() == pytest.approx(
+    assert functional.kd_kl(s, t, 1.0, "batchmean", False).mean().item() == pytest.approx(
         batchmean.item(), rel=1e-5
     )
 
 
 def test_kd_supports_stacked_leading_dims():
     s, t = torch.randn(3, 5, 4), torch.randn(3, 5, 4)
-    stacked = LF.kd_kl(s, t, 2.0)
+    stacked = functional.kd_kl(s, t, 2.0)
     for i in range(3):
-        assert torch.allclose(stacked[i], LF.kd_kl(s[i], t[i], 2.0))
+        assert torch.allclose(stacked[i], functional.kd_kl(s[i], t[i], 2.0))
 
 
 def test_hard_l2_hand_computed_and_shape_error():
     s = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
     t = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
-    assert LF.squared_error(s, t, "mean").tolist() == pytest.approx([2.5, 12.5])
-    assert LF.squared_error(s, t, "sum").tolist() == pytest.approx([5.0, 25.0])
+    assert functional.squared_error(s, t, "mean").tolist() == pytest.approx([2.5, 12.5])
+    assert functional.squared_error(s, t, "sum").tolist() == pytest.approx([5.0, 25.0])
     with pytest.raises(ValueError, match="projection head"):
-        LF.squared_error(s, torch.zeros(2, 3))
+        functional.squared_error(s, torch.zeros(2, 3))
 
 
 def test_cross_entropy_matches_torch():
-    ce = LF.cross_entropy(S, Y)
+    ce = functional.cross_entropy(S, Y)
     expected = [-math.log(_softmax(S[0].tolist())[0]), -math.log(_softmax(S[1].tolist())[1])]
     assert ce.tolist() == pytest.approx(expected, abs=1e-6)
 

@@ -9,9 +9,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch import nn
 
 from crossdistill.losses import LossComposer, LossInputs
+from crossdistill.models.heads import LinearClassifier
+from crossdistill.modules import DistillModule
 from crossdistill.quality import (
+    BatchFieldQuality,
     QualityWeighter,
     SNRQuality,
     TeacherEmbeddingNorm,
@@ -160,3 +164,81 @@ def test_configs_instantiate_and_feed_the_composer(name):
     per_sample = torch.tensor([0.0, 1.0, 0.0, 1.0])
     expected = (w * per_sample).sum() / w.sum()
     assert parts["feature_margin"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ------------------------------------------------------- what the DistillModule computes
+class _CountingTeacher(nn.Module):
+    """A teacher encoder that counts its forwards (or fails on one)."""
+
+    def __init__(self, fail: bool) -> None:
+        super().__init__()
+        self.linear, self.fail, self.calls = nn.Linear(4, 3), fail, 0
+        self.embedding_dim = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fail:
+            raise AssertionError("the teacher ran although nothing reads a teacher field")
+        self.calls += 1
+        return self.linear(x)
+
+
+def _module_with_quality(estimator, teacher: nn.Module) -> DistillModule:
+    student = nn.Linear(4, 3)
+    student.embedding_dim = 3
+    return DistillModule(
+        student,
+        LinearClassifier(3, 2),
+        num_classes=2,
+        optimizer=torch.optim.SGD,
+        teacher_encoder=teacher,
+        teacher_classifier=LinearClassifier(3, 2),
+        loss=LossComposer({"ce": {}}),
+        quality=QualityWeighter(estimator=estimator),
+    )
+
+
+def test_quality_from_a_batch_field_never_runs_the_teacher():
+    module = _module_with_quality(BatchFieldQuality("teacher_quality"), _CountingTeacher(True))
+    assert not module.needs_teacher
+    batch = {
+        "student_input": torch.randn(2, 4),
+        "teacher_input": torch.randn(2, 4),
+        "label": torch.tensor([0, 1]),
+        "teacher_quality": torch.tensor([0.1, 0.9]),
+    }
+    module.train()
+    inputs = module.loss_inputs(batch)  # the teacher's forward would raise
+    assert inputs.teacher_raw_embedding is None and inputs.teacher_logits is None
+    # first batch: running mean 0.5, unbiased variance 0.32; sigmoid weights, mean 1
+    z = 0.4 / math.sqrt(0.32 + 1e-5)
+    assert inputs.sample_weights.tolist() == pytest.approx([2 * _sig(-z), 2 * _sig(z)])
+
+
+def test_quality_from_the_teacher_embedding_runs_the_teacher_once():
+    teacher = _CountingTeacher(False)
+    module = _module_with_quality(TeacherEmbeddingNorm(), teacher)
+    assert module.needs_teacher and "teacher_raw_embedding" in module.needed
+    batch = {
+        "student_input": torch.randn(2, 4),
+        "teacher_input": torch.randn(2, 4),
+        "label": torch.tensor([0, 1]),
+    }
+    inputs = module.loss_inputs(batch)
+    assert teacher.calls == 1
+    torch.testing.assert_close(inputs.teacher_raw_embedding, teacher.linear(batch["teacher_input"]))
+    assert inputs.sample_weights.shape == (2,)
+
+
+def test_quality_without_requires_is_refused():
+    class Opaque(nn.Module):
+        def forward(self, batch, inputs):
+            return torch.ones(len(batch["label"]))
+
+    student = nn.Linear(4, 3)
+    student.embedding_dim = 3
+    with pytest.raises(TypeError, match="Opaque must declare `requires`"):
+        DistillModule(
+            student, LinearClassifier(3, 2), num_classes=2, optimizer=torch.optim.SGD,
+            teacher_encoder=None, teacher_classifier=None, loss=LossComposer({"ce": {}}),
+            quality=Opaque(),
+        )  # fmt: skip

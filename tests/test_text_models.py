@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 
+from crossdistill.models.taps import FeatureRecorder
 from crossdistill.models.text import (
     EmbeddingBagEncoder,
     HuggingFaceTextEncoder,
@@ -87,10 +88,14 @@ def test_text_transformer_encoder_shapes_and_padding():
     enc.eval()
     assert enc.embedding_dim == 32
     x = torch.tensor([[5, 6, 7, 0, 0, 0], [8, 9, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
-    emb, fmap = enc.forward_with_features(x)
-    assert emb.shape == (3, 32) and fmap.shape == (3, 32, 6)
+    taps = {"layer0": "encoder.layers.0", "tokens": {"path": "encoder", "channels_last": True}}
+    with FeatureRecorder(enc, taps).recording() as f:
+        emb = enc(x)
+    assert emb.shape == (3, 32) and f["layer0"].shape == (3, 6, 32)  # [B, L, d_model]
+    assert f["tokens"].shape == (3, 32, 6)  # channels_last -> [B, d_model, L]
     assert torch.isfinite(emb).all() and emb[2].abs().sum() == 0  # all-padding row -> zeros
-    assert fmap[0, :, 3:].abs().sum() == 0
+    # the embedding is the masked mean of the tapped final token states
+    torch.testing.assert_close(emb[0], f["tokens"][0, :, :3].mean(1))
     # extra padding does not change the embedding
     more_pad = torch.cat([x, torch.zeros(3, 4, dtype=torch.long)], 1)
     torch.testing.assert_close(enc(more_pad), emb, atol=1e-5, rtol=1e-5)

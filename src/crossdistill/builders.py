@@ -19,12 +19,13 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities.seed import isolate_rng
 from torch import nn
+from torch.utils.data import default_collate
 
 from crossdistill.cache import TeacherFeatureCache
 from crossdistill.data.datamodules.base import PairedDataModule, Side
 from crossdistill.losses import LossComposer
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
-from crossdistill.modules.distill import TEACHER_FIELDS
+from crossdistill.modules.distill import STUDENT_MODULE_FIELDS, TEACHER_FIELDS
 from crossdistill.utils.loggers import STUDENT, is_wandb, stage_overrides
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def input_wiring(datamodule: PairedDataModule, side: Side) -> dict[str, Any]:
 
 
 def build_encoder_and_classifier(
-    model_cfg: DictConfig, datamodule: pl.LightningDataModule, side: str
+    model_cfg: DictConfig, datamodule: PairedDataModule, side: str
 ) -> tuple[nn.Module, nn.Module]:
     encoder = instantiate_wired(model_cfg.encoder, **input_wiring(datamodule, side))
     classifier = instantiate_wired(
@@ -85,6 +86,7 @@ def build_encoder_and_classifier(
 
 
 def loss_needs_teacher(loss: LossComposer) -> bool:
+    """True when a term reads a teacher field (teacher features included)."""
     return bool(loss.required_fields & TEACHER_FIELDS)
 
 
@@ -103,7 +105,7 @@ def build_evaluator(
     )
 
 
-def build_teacher_module(cfg: DictConfig, datamodule: pl.LightningDataModule) -> TeacherModule:
+def build_teacher_module(cfg: DictConfig, datamodule: PairedDataModule) -> TeacherModule:
     encoder, classifier = build_encoder_and_classifier(cfg.teacher, datamodule, "teacher")
     return TeacherModule(
         encoder,
@@ -118,13 +120,24 @@ def build_teacher_module(cfg: DictConfig, datamodule: pl.LightningDataModule) ->
     )
 
 
+def _example_batch(datamodule: PairedDataModule, size: int = 2) -> dict[str, Any]:
+    """The first ``size`` training samples collated as in training (random streams kept),
+    for the dry forward that sizes feature connectors."""
+    dataset = datamodule.dataset("train")
+    collate = datamodule.collate("train") or default_collate
+    with isolate_rng():
+        return collate([dataset[i] for i in range(min(size, len(dataset)))])
+
+
 def build_student_module(
     cfg: DictConfig,
-    datamodule: pl.LightningDataModule,
+    datamodule: PairedDataModule,
     loss: LossComposer,
     teacher: TeacherModule | None,
 ) -> StudentModule:
-    """The student-only baseline when no term needs a teacher, else a DistillModule."""
+    """The student-only baseline when the terms read only what it computes (logits,
+    embedding, labels), else a DistillModule (with ``teacher`` when a term reads a teacher
+    field; student features or margin-free logits alone need none)."""
     encoder, classifier = build_encoder_and_classifier(cfg.student, datamodule, "student")
     common = dict(
         num_classes=datamodule.num_classes,
@@ -135,12 +148,12 @@ def build_student_module(
             cfg.get("evaluator"), datamodule, "student_input", cfg.get("top_k", 1)
         ),
     )
-    if teacher is None:
-        if loss_needs_teacher(loss):
-            raise ValueError("the configured distill terms need a teacher, but none was given")
+    if teacher is None and loss_needs_teacher(loss):
+        raise ValueError("the configured distill terms need a teacher, but none was given")
+    if teacher is None and loss.required_fields <= STUDENT_MODULE_FIELDS:
         return StudentModule(encoder, classifier, loss=loss, **common)
     projection = None
-    if is_enabled(cfg.get("projection")):
+    if teacher is not None and is_enabled(cfg.get("projection")):
         projection = instantiate_wired(
             cfg.projection, in_dim=teacher.encoder.embedding_dim, out_dim=encoder.embedding_dim
         )
@@ -148,12 +161,15 @@ def build_student_module(
     return DistillModule(
         encoder,
         classifier,
-        teacher_encoder=teacher.encoder,
-        teacher_classifier=teacher.classifier,
+        teacher_encoder=teacher.encoder if teacher is not None else None,
+        teacher_classifier=teacher.classifier if teacher is not None else None,
         loss=loss,
         projection=projection,
         quality=quality,
-        teacher_cache=build_teacher_cache(cfg, datamodule, teacher),
+        teacher_cache=(
+            build_teacher_cache(cfg, datamodule, teacher) if teacher is not None else None
+        ),
+        example_batch=_example_batch(datamodule) if loss.needs_feature_shapes else None,
         **common,
     )
 

@@ -2,6 +2,7 @@
 
 import crossdistill.losses.c2kd  # noqa: F401  (registers feature_margin, shared_classifier)
 import crossdistill.losses.dskd  # noqa: F401  (registers channel_independence, spatial_uniformity)
+import crossdistill.losses.hint  # noqa: F401  (registers feature_hint)
 import crossdistill.losses.rkd  # noqa: F401  (registers rkd_distance, rkd_angle)
 from crossdistill.losses import terms  # noqa: F401  (registers the standard terms)
 from crossdistill.losses.base import (
@@ -11,9 +12,10 @@ from crossdistill.losses.base import (
     build_loss_term,
     register_loss,
 )
-from crossdistill.losses.composer import LossComposer, NonFiniteLossError
+from crossdistill.losses.composer import FEATURES_KEY, LossComposer, NonFiniteLossError
 
 __all__ = [
+    "FEATURES_KEY",
     "LOSS_TERMS",
     "LossComposer",
     "LossInputs",

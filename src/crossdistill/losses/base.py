@@ -1,13 +1,16 @@
 """Loss-term interface and registry.
 
 A loss term is a small ``nn.Module`` registered by name. It declares which fields of
-:class:`LossInputs` it reads; the distillation module computes only what the configured
-terms need, and the composer checks that every required field is present.
+:class:`LossInputs` it reads (``requires``) and which named intermediate features
+(``student_features`` / ``teacher_features``; the module paths they tap are set by the
+distill config's ``features`` key); the distillation module computes only what the
+configured terms need, and the composer checks that every required field is present.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import ClassVar
 
 import torch
@@ -28,8 +31,10 @@ class LossInputs:
     teacher_embedding: Tensor | None = None  # [B, D] projected teacher embedding P(t)
     teacher_raw_embedding: Tensor | None = None  # [B, D_t] teacher embedding before P
     teacher_shared_logits: Tensor | None = None  # [B, C] student classifier applied to P(t)
-    student_feature_map: Tensor | None = None  # [B, C, ...] an intermediate student map
-    teacher_feature_map: Tensor | None = None  # [B, C, ...] an intermediate teacher map
+    #: named intermediate student outputs (``distill.features.student``), e.g. [B, C, H, W]
+    student_features: dict[str, Tensor] = field(default_factory=dict)
+    #: named intermediate outputs of the frozen teacher (``distill.features.teacher``)
+    teacher_features: dict[str, Tensor] = field(default_factory=dict)
     sample_weights: Tensor | None = None  # [B] per-sample quality weights
 
     @classmethod
@@ -37,13 +42,20 @@ class LossInputs:
         return tuple(f.name for f in fields(cls))
 
     def float32(self) -> LossInputs:
-        """These inputs with every float16/bfloat16 tensor upcast to float32."""
-        low = {
-            name: value.float()
-            for name in self.field_names()
-            if isinstance(value := getattr(self, name), Tensor) and value.dtype in _LOW_PRECISION
-        }
+        """These inputs with every float16/bfloat16 tensor (features included) upcast to
+        float32."""
+        low: dict[str, Tensor | dict[str, Tensor]] = {}
+        for name in self.field_names():
+            value = getattr(self, name)
+            if isinstance(value, Tensor) and value.dtype in _LOW_PRECISION:
+                low[name] = value.float()
+            elif isinstance(value, Mapping) and any(_is_low(v) for v in value.values()):
+                low[name] = {k: v.float() if _is_low(v) else v for k, v in value.items()}
         return replace(self, **low) if low else self
+
+
+def _is_low(value: object) -> bool:
+    return isinstance(value, Tensor) and value.dtype in _LOW_PRECISION
 
 
 class LossTerm(nn.Module):
@@ -57,6 +69,12 @@ class LossTerm(nn.Module):
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    #: names of the features the term reads from ``LossInputs.student_features`` /
+    #: ``teacher_features`` (set per instance from the term's parameters)
+    student_features: tuple[str, ...] = ()
+    teacher_features: tuple[str, ...] = ()
+    #: the term builds trainable parts from the feature shapes (:meth:`bind_feature_shapes`)
+    needs_feature_shapes: ClassVar[bool] = False
     per_sample: ClassVar[bool] = True
     #: distillation terms are scaled by quality weights; the supervised CE is not.
     uses_sample_weights: ClassVar[bool] = True
@@ -67,6 +85,12 @@ class LossTerm(nn.Module):
 
     def forward(self, inputs: LossInputs) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def bind_feature_shapes(
+        self, student: Mapping[str, tuple[int, ...]], teacher: Mapping[str, tuple[int, ...]]
+    ) -> None:
+        """Called once when the module is built, with the shapes of the features this term
+        reads (from one dry forward), before the optimizer exists: build connectors here."""
 
 
 LOSS_TERMS: dict[str, type[LossTerm]] = {}

@@ -1,4 +1,4 @@
-"""C2KD-style soft constraints (our interpretation, docs: NOTES.md section 2).
+"""C2KD-style soft constraints (our interpretation).
 
 * ``feature_margin``: feature-level soft constraint, a hinge on the distance between the
   student embedding ``s`` and the projected teacher embedding ``P(t)``.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from crossdistill.losses import functional as LF
+from crossdistill.losses import functional
 from crossdistill.losses.base import LossInputs, LossTerm, register_loss
 
 FEATURE_DISTANCES = ("cosine", "l2")
@@ -51,7 +51,7 @@ class FeatureMarginTerm(LossTerm):
         margin: float = 0.2,
         distance: str = "cosine",
         detach_teacher: bool = False,
-        eps: float = LF.NORM_EPS,
+        eps: float = functional.NORM_EPS,
     ) -> None:
         super().__init__()
         if distance not in FEATURE_DISTANCES:
@@ -75,10 +75,14 @@ class FeatureMarginTerm(LossTerm):
                 f"feature_margin needs equal shapes, got student {tuple(s.shape)} and teacher "
                 f"{tuple(t.shape)}; add a projection head (projection=mlp or linear)"
             )
-        s_n = LF.normalize(s, self.eps)
-        t_n = LF.normalize(t, self.eps)
+        s_n = functional.normalize(s, self.eps)
+        t_n = functional.normalize(t, self.eps)
         # 'l2': the exact Euclidean norm, whose gradient is a unit vector (0 where s_n = t_n)
-        d = 1.0 - (s_n * t_n).sum(-1) if self.distance == "cosine" else LF.safe_norm(s_n - t_n)
+        d = (
+            1.0 - (s_n * t_n).sum(-1)
+            if self.distance == "cosine"
+            else functional.safe_norm(s_n - t_n)
+        )
         return (d - self.margin).clamp_min(0.0)
 
 
@@ -105,5 +109,7 @@ class SharedClassifierTerm(LossTerm):
         self.label_smoothing = label_smoothing
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        ce = LF.cross_entropy(inputs.teacher_shared_logits, inputs.labels, self.label_smoothing)
+        ce = functional.cross_entropy(
+            inputs.teacher_shared_logits, inputs.labels, self.label_smoothing
+        )
         return self.lambda_t * ce

@@ -1,8 +1,8 @@
-"""DSKD-style dimensional-structure terms (our interpretation, docs: NOTES.md section 3).
+"""DSKD-style dimensional-structure terms (our interpretation).
 
 * ``channel_independence``: decorrelate the channels of the student embedding over the
   batch (Barlow-Twins-style), or match the teacher's channel correlation matrix.
-* ``spatial_uniformity``: spread the energy of an intermediate student feature map evenly
+* ``spatial_uniformity``: spread the energy of a tapped intermediate feature map evenly
   over its positions (``KL(a || uniform)``), or the Wang-Isola uniformity variant.
 
 Degenerate inputs give a finite loss and bounded gradients: a batch of 1 or a constant
@@ -17,14 +17,14 @@ import math
 import torch
 from torch import Tensor
 
-from crossdistill.losses import functional as LF
+from crossdistill.losses import functional
 from crossdistill.losses.base import LossInputs, LossTerm, register_loss
 
 CI_TARGETS = ("identity", "teacher")
 CI_REDUCTIONS = ("mean", "sum")
 CI_TEACHER_FIELDS = ("teacher_embedding", "teacher_raw_embedding")
 SU_MODES = ("kl", "wang_isola")
-SU_FIELDS = ("student_feature_map", "teacher_feature_map")
+SU_SIDES = ("student", "teacher")
 
 
 def channel_correlation(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -81,8 +81,7 @@ class ChannelIndependenceTerm(LossTerm):
             )
         if reduction not in CI_REDUCTIONS:
             raise ValueError(
-                f"channel_independence.reduction must be one of {CI_REDUCTIONS}, "
-                f"got {reduction!r}"
+                f"channel_independence.reduction must be one of {CI_REDUCTIONS}, got {reduction!r}"
             )
         self.target = target
         self.teacher_field = teacher_field
@@ -116,7 +115,10 @@ class ChannelIndependenceTerm(LossTerm):
 
 @register_loss("spatial_uniformity")
 class SpatialUniformityTerm(LossTerm):
-    """Uniform spatial spread of an intermediate feature map ``[B, C, *positions]``.
+    """Uniform spatial spread of a named feature map ``[B, C, *positions]``.
+
+    The map is a tapped feature (``distill.features.<side>.<feature>``, e.g.
+    ``encoder.backbone.layer3`` of a timm ResNet or ``encoder.ecapa.mfa`` of ECAPA).
 
     ``mode='kl'`` (default, per sample): ``e_p = mean_c |F_{c,p}|^power``, ``a = e / sum_p e``
     and ``l_i = KL(a || uniform) = log P - H(a)`` (``P`` positions; 0 if and only if the
@@ -128,7 +130,8 @@ class SpatialUniformityTerm(LossTerm):
 
     Args:
         mode: ``'kl'`` or ``'wang_isola'``.
-        field: ``'student_feature_map'`` (default) or ``'teacher_feature_map'``.
+        feature: name of the feature map (a key of ``distill.features.<side>``).
+        side: ``'student'`` (default) or ``'teacher'`` (a frozen map: no gradient).
         power: exponent of the energy (2 = squared activations, as in the notes); with
             ``power < 1`` the gradient at an exactly zero activation is infinite.
         normalize: ``mode='kl'`` only, divide by ``log P``.
@@ -145,44 +148,48 @@ class SpatialUniformityTerm(LossTerm):
     ``'wang_isola'``: batch of 1 -> 0, duplicated or zero maps give bounded gradients.
     """
 
-    requires = ("student_feature_map",)
+    requires = ("student_features",)
     per_sample = True
 
     def __init__(
         self,
         mode: str = "kl",
-        field: str = "student_feature_map",
+        feature: str = "map",
+        side: str = "student",
         power: float = 2.0,
         normalize: bool = False,
         t: float = 2.0,
         eps: float = 1e-12,
-        min_activation: float = LF.NORM_EPS,
+        min_activation: float = functional.NORM_EPS,
     ) -> None:
         super().__init__()
         if mode not in SU_MODES:
             raise ValueError(f"spatial_uniformity.mode must be one of {SU_MODES}, got {mode!r}")
-        if field not in SU_FIELDS:
-            raise ValueError(
-                f"spatial_uniformity.field must be one of {SU_FIELDS}, got {field!r}"
-            )
+        if side not in SU_SIDES:
+            raise ValueError(f"spatial_uniformity.side must be one of {SU_SIDES}, got {side!r}")
         if power <= 0:
             raise ValueError(f"spatial_uniformity.power must be > 0, got {power}")
         self.mode = mode
-        self.field = field
+        self.feature = feature
+        self.side = side
         self.power = power
         self.normalize = normalize
         self.t = t
         self.eps = eps
         self.min_activation = min_activation
-        self.requires = (field,)
+        self.requires = (f"{side}_features",)
+        if side == "student":
+            self.student_features = (feature,)
+        else:
+            self.teacher_features = (feature,)
         self.per_sample = mode == "kl"
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        fmap = getattr(inputs, self.field)
+        fmap = getattr(inputs, f"{self.side}_features")[self.feature]
         if fmap.dim() < 3:
             raise ValueError(
-                f"spatial_uniformity needs {self.field} of shape [B, C, H, W] or [B, C, T], "
-                f"got {tuple(fmap.shape)}"
+                f"spatial_uniformity needs the {self.side} feature {self.feature!r} of shape "
+                f"[B, C, H, W] or [B, C, T], got {tuple(fmap.shape)} (tap a map, not a vector)"
             )
         flat = fmap.flatten(2)  # [B, C, P]
         if self.mode == "wang_isola":
@@ -205,7 +212,7 @@ class SpatialUniformityTerm(LossTerm):
         b = flat.shape[0]
         if b < 2:
             return flat.sum() * 0.0
-        z = LF.normalize(flat.mean(2), self.min_activation)
+        z = functional.normalize(flat.mean(2), self.min_activation)
         sq = (z[:, None, :] - z[None, :, :]).pow(2).sum(-1)
         off = ~torch.eye(b, dtype=torch.bool, device=z.device)
         vals = -self.t * sq[off]

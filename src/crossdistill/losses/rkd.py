@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from crossdistill.losses import functional as LF
+from crossdistill.losses import functional
 from crossdistill.losses.base import LossInputs, LossTerm, register_loss
 
 TEACHER_FIELDS = ("teacher_embedding", "teacher_raw_embedding")
@@ -115,7 +115,7 @@ class RKDDistanceTerm(_RelationalTerm):
         loss: str = "smooth_l1",
         beta: float = 1.0,
         normalize: bool = True,
-        eps: float = LF.NORM_EPS,
+        eps: float = functional.NORM_EPS,
     ) -> None:
         super().__init__(teacher_field, detach_teacher, loss, beta)
         self.normalize = normalize
@@ -156,14 +156,14 @@ class RKDAngleTerm(_RelationalTerm):
         detach_teacher: bool = True,
         loss: str = "smooth_l1",
         beta: float = 1.0,
-        eps: float = LF.NORM_EPS,
+        eps: float = functional.NORM_EPS,
     ) -> None:
         super().__init__(teacher_field, detach_teacher, loss, beta)
         self.eps = eps
 
     def _angles(self, x: Tensor) -> Tensor:
         diff = x.unsqueeze(0) - x.unsqueeze(1)  # [j, i] = e_i - e_j
-        length = LF.safe_norm(diff, dim=2, keepdim=True)
+        length = functional.safe_norm(diff, dim=2, keepdim=True)
         # F.normalize (floor 1e-12) gave gradients of 1e10 on two identical rows: mask the
         # undefined directions (exactly zero edges), floor the length of the others
         unit = torch.where(length > 0, diff / length.clamp_min(self.eps), 0.0)

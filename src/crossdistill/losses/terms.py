@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from crossdistill.losses import functional as LF
+from crossdistill.losses import functional
 from crossdistill.losses.base import LossInputs, LossTerm, register_loss
 
 
@@ -23,7 +23,7 @@ class CrossEntropyTerm(LossTerm):
         self.label_smoothing = label_smoothing
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        return LF.cross_entropy(inputs.student_logits, inputs.labels, self.label_smoothing)
+        return functional.cross_entropy(inputs.student_logits, inputs.labels, self.label_smoothing)
 
 
 @register_loss("kd")
@@ -47,14 +47,16 @@ class LogitKDTerm(LossTerm):
         self, temperature: float = 4.0, reduction: str = "batchmean", scale_by_t2: bool = True
     ) -> None:
         super().__init__()
-        if reduction not in LF.KD_REDUCTIONS:
-            raise ValueError(f"kd.reduction must be one of {LF.KD_REDUCTIONS}, got {reduction!r}")
+        if reduction not in functional.KD_REDUCTIONS:
+            raise ValueError(
+                f"kd.reduction must be one of {functional.KD_REDUCTIONS}, got {reduction!r}"
+            )
         self.temperature = temperature
         self.reduction = reduction
         self.scale_by_t2 = scale_by_t2
 
     def forward(self, inputs: LossInputs) -> Tensor:
-        return LF.kd_kl(
+        return functional.kd_kl(
             inputs.student_plain_logits,
             inputs.teacher_logits.detach(),
             self.temperature,
@@ -101,7 +103,7 @@ class HardL2Term(LossTerm):
         reduction: str | None = None,
         detach_teacher: bool = False,
         normalize: bool = True,
-        eps: float = LF.NORM_EPS,
+        eps: float = functional.NORM_EPS,
     ) -> None:
         super().__init__()
         if reduction is None:
@@ -119,5 +121,5 @@ class HardL2Term(LossTerm):
         if self.detach_teacher:
             target = target.detach()
         if self.normalize and s.shape == target.shape:  # else squared_error names the fix
-            s, target = LF.normalize(s, self.eps), LF.normalize(target, self.eps)
-        return LF.squared_error(s, target, self.reduction)
+            s, target = functional.normalize(s, self.eps), functional.normalize(target, self.eps)
+        return functional.squared_error(s, target, self.reduction)

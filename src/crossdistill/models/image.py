@@ -99,6 +99,9 @@ class TimmImageEncoder(nn.Module):
             ``stem_width``).
         drop_rate: dropout on the pooled features (timm ``drop_rate``).
         model_kwargs: extra keyword arguments for ``timm.create_model``.
+
+    Intermediate maps are tapped by module path (``crossdistill.models.taps``), e.g.
+    ``backbone.layer3`` (``[B, C, H, W]``) of a ResNet; ``backbone`` is the timm model.
     """
 
     def __init__(
@@ -176,12 +179,6 @@ class TimmImageEncoder(nn.Module):
                 f"small_input, in_chans, embedding_dim): {err}"
             ) from err
 
-    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(embedding [B, D], last feature map)``; the map is ``[B, C, H, W]`` for CNNs
-        (whatever timm's ``forward_features`` returns, e.g. ``[B, N, C]`` tokens for ViTs)."""
-        fmap = self.backbone.forward_features(x)
-        pooled = self.backbone.forward_head(fmap, pre_logits=True)
-        return self.embedding(pooled), fmap
-
     def forward(self, x: Tensor) -> Tensor:
-        return self.forward_with_features(x)[0]
+        fmap = self.backbone.forward_features(x)
+        return self.embedding(self.backbone.forward_head(fmap, pre_logits=True))

@@ -26,11 +26,11 @@ class EcapaSpeechEncoder(nn.Module):
     model is e.g. ``channels=[32, 32, 32, 32, 96], embedding_dim=32, res2net_scale=4,
     attention_channels=16, se_channels=16``. ``res2net_scale`` must divide ``channels[1:-1]``.
 
-    ``forward_with_features`` also returns a frame-level map ``[B, C, T']``: the output of
-    the multi-layer feature aggregation (``feature_layer="mfa"``, ``C = channels[-1]``) or of
-    the last SE-Res2Net block (``"last_block"``, ``C = channels[-2]``). ``T'`` is
-    ``T // hop + 1`` frames (``hop_length`` ms hop, default 10 ms); padded frames past
-    ``lengths`` are included in the map.
+    Frame-level maps ``[B, C, T']`` are tapped by module path (``crossdistill.models.taps``):
+    ``ecapa.mfa`` (multi-layer feature aggregation, ``C = channels[-1]``) or
+    ``ecapa.blocks.<i>`` (``C = channels[i]``; the last SE-Res2Net block is
+    ``blocks.<len(channels) - 2>``). ``T'`` is ``T // hop + 1`` frames (``hop_length`` ms hop,
+    default 10 ms); padded frames past ``lengths`` are included in the map.
 
     ``lengths`` masks the mean normalisation, the SE blocks and the attentive pooling, but
     not the convolutions: in a zero-padded batch the padded frames (log-Mel of silence,
@@ -41,8 +41,6 @@ class EcapaSpeechEncoder(nn.Module):
     diff 0.08 on a trained checkpoint). Fine for training crops; where embeddings must be
     exact, embed each utterance at its true length (``VerificationEvaluator.embed`` does).
     """
-
-    FEATURE_LAYERS = ("mfa", "last_block")
 
     def __init__(
         self,
@@ -62,7 +60,6 @@ class EcapaSpeechEncoder(nn.Module):
         win_length: float = 25,
         hop_length: float = 10,
         n_fft: int = 400,
-        feature_layer: str = "mfa",
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
@@ -85,15 +82,11 @@ class EcapaSpeechEncoder(nn.Module):
                 f"res2net_scale={res2net_scale} must divide the SE-Res2Net channels "
                 f"{channels[1:-1]} (not {bad})"
             )
-        if feature_layer not in self.FEATURE_LAYERS:
-            raise ValueError(f"feature_layer={feature_layer!r}; valid: {self.FEATURE_LAYERS}")
         self.embedding_dim = embedding_dim
         self.n_mels = n_mels
         self.sample_rate = sample_rate
         self.mean_norm = mean_norm
         self.std_norm = std_norm
-        self.feature_layer = feature_layer
-        self.feature_dim = channels[-1] if feature_layer == "mfa" else channels[-2]
         self.fbank = Fbank(
             sample_rate=sample_rate,
             n_mels=n_mels,
@@ -132,19 +125,6 @@ class EcapaSpeechEncoder(nn.Module):
                     var = (centred.square() * weight).sum(1, keepdim=True) / count
                     feats = feats / (var + 1e-10).sqrt()
         return feats
-
-    def forward_with_features(
-        self, wav: Tensor, lengths: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(embedding [B, D], frame-level map [B, C, T'])`` (see class doc)."""
-        layer = self.ecapa.mfa if self.feature_layer == "mfa" else self.ecapa.blocks[-1]
-        captured: list[Tensor] = []
-        handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
-        try:
-            emb = self.forward(wav, lengths)
-        finally:
-            handle.remove()
-        return emb, captured[-1]
 
     def forward(self, wav: Tensor, lengths: Tensor | None = None) -> Tensor:
         feats = self.features(wav, lengths)

@@ -45,6 +45,10 @@ class TextTransformerEncoder(nn.Module):
         max_len: number of learned positions (inputs longer than this are rejected).
         out_dim: optional final linear projection size.
         pad_id: padding token id (masked in attention and pooling).
+
+    Token maps ``[B, L, d_model]`` are tapped by module path (``crossdistill.models.taps``),
+    e.g. ``encoder.layers.<i>`` or ``encoder`` (after the final norm); with
+    ``channels_last: true`` they become ``[B, d_model, L]``. Padded positions are included.
     """
 
     def __init__(
@@ -87,11 +91,7 @@ class TextTransformerEncoder(nn.Module):
         with torch.no_grad():
             self.token_emb.weight[pad_id].zero_()
 
-    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(embedding [B, D], token feature map [B, d_model, L])``.
-
-        The feature map is channels-first like image maps; padded positions are zeroed.
-        """
+    def forward(self, x: Tensor) -> Tensor:
         x = _check_ids(x, self.vocab_size)
         B, L = x.shape
         if self.max_len < L:
@@ -106,12 +106,7 @@ class TextTransformerEncoder(nn.Module):
         pos = torch.arange(L, device=x.device)
         h = self.token_emb(x) + self.pos_emb(pos)[None]
         h = self.encoder(h, src_key_padding_mask=~attn_valid)
-        emb = self.proj(masked_mean(h, valid))
-        fmap = (h * valid.unsqueeze(-1).to(h.dtype)).transpose(1, 2)
-        return emb, fmap
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_with_features(x)[0]
+        return self.proj(masked_mean(h, valid))
 
 
 class EmbeddingBagEncoder(nn.Module):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
 import torch
+from pytorch_lightning.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
 from crossdistill.cache import TeacherFeatureCache
 from crossdistill.losses import LossComposer, LossInputs
+from crossdistill.models.taps import FeatureRecorder
 from crossdistill.modules.supervised import OptimizerFactory, SchedulerFactory, StudentModule
 
 TEACHER_FIELDS = {
@@ -14,8 +19,10 @@ TEACHER_FIELDS = {
     "teacher_embedding",
     "teacher_raw_embedding",
     "teacher_shared_logits",
-    "teacher_feature_map",
+    "teacher_features",
 }
+#: what the student-only baseline (``StudentModule``) computes for the loss terms
+STUDENT_MODULE_FIELDS = frozenset({"labels", "student_logits", "student_embedding"})
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -26,17 +33,64 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+def tap_root(encoder: nn.Module, classifier: nn.Module) -> nn.Module:
+    """The module feature paths are relative to: ``encoder.<...>`` / ``classifier.<...>``."""
+    return nn.ModuleDict({"encoder": encoder, "classifier": classifier})
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (no BatchNorm statistics updated), then as before."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def quality_requires(quality: nn.Module | None) -> set[str]:
+    """``LossInputs`` fields a quality weighter reads (it must declare ``requires``)."""
+    if quality is None:
+        return set()
+    requires = getattr(quality, "requires", None)
+    if requires is None:
+        raise TypeError(
+            f"quality {type(quality).__name__} must declare `requires` (the LossInputs fields "
+            "it reads, e.g. crossdistill.quality.QualityWeighter)"
+        )
+    unknown = set(requires) - set(LossInputs.field_names())
+    if unknown:
+        raise ValueError(
+            f"quality requires {sorted(unknown)}, not LossInputs fields {LossInputs.field_names()}"
+        )
+    return set(requires)
+
+
 class DistillModule(StudentModule):
     """Student trained with configured loss terms against a frozen teacher.
 
     The teacher (a :class:`TeacherModule`'s encoder and classifier) stays in eval mode
-    whatever ``train()`` is called with and never receives gradients. Only the fields
-    that the configured terms read are computed.
+    whatever ``train()`` is called with and never receives gradients. Only the fields that
+    the configured terms and the quality weighter read (their ``requires``) are computed:
+    the teacher runs only when one of them reads a teacher field. Without such a field the
+    teacher may be ``None`` (a student trained with student-only terms, e.g. on tapped
+    student features).
+
+    Named intermediate features (the loss composer's ``feature_taps``) are recorded by
+    forward hooks that exist only during a step's forward; paths are relative to
+    :func:`tap_root` of each side (``encoder.<path>`` / ``classifier.<path>``). When a term
+    builds connectors from the feature shapes, ``example_batch`` (a few training samples)
+    is run once here, in eval mode and without gradients, so the connectors exist before
+    the optimizer is made and are saved in checkpoints.
 
     ``teacher_cache``: a built :class:`TeacherFeatureCache` of the teacher embeddings of
     the *training* set (row = ``batch["index"]``); training steps then read the embedding
     from it instead of running the teacher (valid only when the teacher input is a function
-    of the index; eval still runs the teacher).
+    of the index; eval still runs the teacher). It holds embeddings only, so configs whose
+    terms read teacher features are refused.
     """
 
     def __init__(
@@ -45,8 +99,8 @@ class DistillModule(StudentModule):
         classifier: nn.Module,
         num_classes: int,
         optimizer: OptimizerFactory,
-        teacher_encoder: nn.Module,
-        teacher_classifier: nn.Module,
+        teacher_encoder: nn.Module | None,
+        teacher_classifier: nn.Module | None,
         loss: LossComposer,
         projection: nn.Module | None = None,
         quality: nn.Module | None = None,
@@ -54,22 +108,40 @@ class DistillModule(StudentModule):
         top_k: int = 1,
         evaluator: nn.Module | None = None,
         teacher_cache: TeacherFeatureCache | None = None,
+        example_batch: Mapping[str, Tensor] | None = None,
     ) -> None:
         super().__init__(
             encoder, classifier, num_classes, optimizer, scheduler, loss, top_k, evaluator
         )
-        self.teacher_encoder = freeze(teacher_encoder)
-        self.teacher_classifier = freeze(teacher_classifier)
         self.projection = projection
         self.quality = quality
         self.teacher_cache = teacher_cache
-        needed = self.loss.required_fields
-        if teacher_cache is not None and "teacher_feature_map" in needed:
+        #: the ``LossInputs`` fields a step computes
+        self.needed = frozenset(self.loss.required_fields | quality_requires(quality))
+        if (teacher_encoder is None or teacher_classifier is None) and self.needs_teacher:
             raise ValueError(
-                "teacher.cache_features stores embeddings only; the configured "
-                "terms need teacher_feature_map: disable the cache"
+                "the loss terms or the quality weighter read "
+                f"{sorted(self.needed & TEACHER_FIELDS)}, but no teacher was given"
             )
-        if "teacher_embedding" in needed and projection is None:
+        self.teacher_encoder = freeze(teacher_encoder) if teacher_encoder is not None else None
+        self.teacher_classifier = (
+            freeze(teacher_classifier) if teacher_classifier is not None else None
+        )
+        taps = self.loss.feature_taps
+        self.student_taps = FeatureRecorder(
+            tap_root(encoder, classifier), taps["student"], "distill.features.student"
+        )
+        self.teacher_taps = FeatureRecorder(
+            tap_root(teacher_encoder, teacher_classifier) if self.teacher_encoder else nn.Module(),
+            taps["teacher"],
+            "distill.features.teacher",
+        )
+        if teacher_cache is not None and self.teacher_taps:
+            raise ValueError(
+                "teacher.cache_features stores embeddings only; the configured terms read "
+                f"teacher features {sorted(taps['teacher'])}: set teacher.cache_features=false"
+            )
+        if "teacher_embedding" in self.needed and projection is None:
             t_dim = getattr(teacher_encoder, "embedding_dim", None)
             s_dim = getattr(encoder, "embedding_dim", None)
             if t_dim is not None and s_dim is not None and t_dim != s_dim:
@@ -77,59 +149,105 @@ class DistillModule(StudentModule):
                     f"teacher embedding has {t_dim} dims and the student's {s_dim}: "
                     "choose a projection head (projection=linear or projection=mlp)"
                 )
+        if self.loss.needs_feature_shapes:
+            if example_batch is None:
+                raise ValueError(
+                    "a loss term builds connectors from the feature shapes: give the "
+                    "DistillModule an example_batch (builders.build_student_module does)"
+                )
+            self.loss.bind_feature_shapes(*self.feature_shapes(example_batch))
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.needed & TEACHER_FIELDS)
 
     def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
-        self.teacher_encoder.eval()
-        self.teacher_classifier.eval()
+        if self.teacher_encoder is not None:
+            self.teacher_encoder.eval()
+            self.teacher_classifier.eval()
         return self
 
+    # -- features ------------------------------------------------------------------
+    @torch.no_grad()
+    def feature_shapes(
+        self, batch: Mapping[str, Tensor]
+    ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        """Shapes of the tapped student and teacher features for ``batch`` (one forward in
+        eval mode, random streams untouched)."""
+        with isolate_rng(), eval_mode(self.encoder, self.classifier):
+            with self.student_taps.recording() as student:
+                self.classifier(self.encoder(batch["student_input"]))
+            teacher: dict[str, Tensor] = {}
+            if self.teacher_taps:
+                with self.teacher_taps.recording() as teacher:
+                    self.teacher_classifier(self.teacher_encoder(batch["teacher_input"]))
+        return (
+            {name: tuple(x.shape) for name, x in student.items()},
+            {name: tuple(x.shape) for name, x in teacher.items()},
+        )
+
+    # -- teacher -------------------------------------------------------------------
     def teacher_forward(
-        self, x_a: Tensor, with_features: bool = False, index: Tensor | None = None
-    ):
-        """Frozen teacher embedding (and feature map) for ``x_a``; read from the cache in
-        training steps when one is set (``index`` = training-set indices)."""
-        if (
-            self.teacher_cache is not None
-            and self.training
-            and index is not None
-            and not with_features
-        ):
-            return self.teacher_cache.lookup(index, device=x_a.device).to(x_a.dtype), None
-        with torch.no_grad():
-            if with_features:
-                return self.teacher_encoder.forward_with_features(x_a)
-            return self.teacher_encoder(x_a), None
+        self, x_a: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """Frozen teacher ``(embedding, logits or None, features)`` for ``x_a``; the
+        embedding is read from the cache in training steps when one is set (``index`` =
+        training-set indices). Logits are computed when a term or the weighter reads them
+        or a teacher feature taps the classifier."""
+        want_logits = "teacher_logits" in self.needed
+        if self.teacher_cache is not None and self.training and index is not None:
+            t_emb = self.teacher_cache.lookup(index, device=x_a.device).to(x_a.dtype)
+            with torch.no_grad():
+                logits = self.teacher_classifier(t_emb) if want_logits else None
+            return t_emb, logits, {}
+        with torch.no_grad(), self.teacher_taps.recording() as features:
+            t_emb = self.teacher_encoder(x_a)
+            tapped_head = any(
+                spec.path.split(".")[0] == "classifier" for spec in self.teacher_taps.specs.values()
+            )
+            logits = self.teacher_classifier(t_emb) if want_logits or tapped_head else None
+        return t_emb, logits, features
 
     def teacher_logits(self, x_a: Tensor) -> Tensor:
         with torch.no_grad():
             return self.teacher_classifier(self.teacher_encoder(x_a))
 
+    @torch.no_grad()
+    def teacher_embedding_for_matching(self, batch: dict[str, Tensor]) -> Tensor | None:
+        """The teacher embedding in the student's space for cross-modal matching:
+        ``P(t)`` with a projection head, the raw ``t`` when a term aligns it with the student
+        directly (reads ``teacher_embedding`` without a projection); ``None`` without
+        ``batch["teacher_input"]``, a teacher, or anything aligning the two spaces."""
+        if self.teacher_encoder is None or "teacher_input" not in batch:
+            return None
+        if self.projection is None and "teacher_embedding" not in self.loss.required_fields:
+            return None
+        t_emb = self.teacher_encoder(batch["teacher_input"])
+        return self.projection(t_emb) if self.projection is not None else t_emb
+
+    # -- one step ------------------------------------------------------------------
     def loss_inputs(self, batch: dict[str, Tensor]) -> LossInputs:
-        needed = self.loss.required_fields
+        needed = self.needed
         labels = batch["label"]
-        if "student_feature_map" in needed:
-            s_emb, s_map = self.encoder.forward_with_features(batch["student_input"])
-        else:
-            s_emb, s_map = self.encoder(batch["student_input"]), None
+        with self.student_taps.recording() as student_features:
+            s_emb = self.encoder(batch["student_input"])
+            logits = self.classifier(s_emb, labels)
         inputs = LossInputs(
             labels=labels,
-            student_logits=self.classifier(s_emb, labels),
+            student_logits=logits,
             student_embedding=s_emb,
-            student_feature_map=s_map,
+            student_features=student_features,
         )
         if "student_plain_logits" in needed:  # margin-free, comparable with the teacher's
             inputs.student_plain_logits = self.classifier(s_emb)
-        if needed & TEACHER_FIELDS or self.quality is not None:
-            with_map = "teacher_feature_map" in needed
-            t_emb, t_map = self.teacher_forward(
-                batch["teacher_input"], with_map, batch.get("index")
+        if self.needs_teacher:
+            t_emb, t_logits, teacher_features = self.teacher_forward(
+                batch["teacher_input"], batch.get("index")
             )
             inputs.teacher_raw_embedding = t_emb
-            inputs.teacher_feature_map = t_map
-            if "teacher_logits" in needed:
-                with torch.no_grad():
-                    inputs.teacher_logits = self.teacher_classifier(t_emb)
+            inputs.teacher_logits = t_logits
+            inputs.teacher_features = teacher_features
             projected = self.projection(t_emb) if self.projection is not None else t_emb
             inputs.teacher_embedding = projected
             if "teacher_shared_logits" in needed:

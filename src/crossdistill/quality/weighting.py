@@ -1,4 +1,4 @@
-"""Quality-based adaptive weights (our C2KD interpretation, NOTES.md section 2).
+"""Quality-based adaptive weights (our C2KD interpretation).
 
 :class:`QualityWeighter` turns per-sample qualities ``q [B]`` into weights ``w [B]`` with
 batch mean 1, which go into ``LossInputs.sample_weights``; the composer then reduces the
