@@ -110,17 +110,16 @@ def changed_keys(cfg: DictConfig, baseline: DictConfig) -> list[str]:
     return [key for key, value in _leaves(cfg).items() if before.get(key, object()) != value]
 
 
-def _overlay_groups(config_name: str) -> set[str]:
-    """Groups whose default in the shipped primary config is null (experiment, debug,
-    hparams_search): overlays that change other groups' values."""
+def _primary_defaults(config_name: str) -> dict[str, str | None]:
+    """Group -> default option of the shipped primary config, in its defaults order (empty
+    for a primary config of the user's own)."""
     primary_file = CONFIG_DIR / f"{config_name}.yaml"
     primary = OmegaConf.load(primary_file) if primary_file.is_file() else {}
     return {
-        str(group)
+        str(group).removeprefix("override "): option
         for entry in primary.get("defaults", [])
         if not isinstance(entry, str)
         for group, option in entry.items()
-        if option is None
     }
 
 
@@ -132,7 +131,8 @@ def group_defaults(
     app's ``hydra.searchpath`` so that a user's own config folder is found too."""
     from hydra import compose
 
-    overlays = _overlay_groups(config_name)
+    # groups with a null default (experiment, debug, hparams_search) overlay the others
+    overlays = {g for g, option in _primary_defaults(config_name).items() if option is None}
     overrides = [
         f"{group}={option}"
         for group, option in choices.items()
@@ -162,12 +162,16 @@ def print_config_tree(cfg: DictConfig, config_file: str | Path | None = None) ->
     if HydraConfig.initialized() and GlobalHydra.instance().is_initialized():
         runtime = HydraConfig.get()
         choices = OmegaConf.to_container(runtime.runtime.choices)
-        chosen = {g: o for g, o in choices.items() if o is not None and not g.startswith("hydra")}
-        tree.add("groups: " + " ".join(f"{g}={o}" for g, o in chosen.items()), style="bold")
+        order = list(_primary_defaults(runtime.job.config_name))
+        chosen = sorted(
+            (g, o) for g, o in choices.items() if o is not None and not g.startswith("hydra")
+        )
+        chosen.sort(key=lambda item: order.index(item[0]) if item[0] in order else len(order))
+        tree.add("groups: " + " ".join(f"{g}={o}" for g, o in chosen), style="bold")
         if runtime.overrides.task:
             tree.add("command line: " + " ".join(runtime.overrides.task), style="bold")
         baseline = group_defaults(runtime.job.config_name, choices, list(runtime.searchpath))
-        changed = [k for k in changed_keys(cfg, baseline) if "." in k]
+        changed = [k for k in changed_keys(cfg, baseline) if k not in scalars]
         branch = tree.add("changed from the group defaults", style="bold")
         for key in changed:
             branch.add(f"{key}: {_format(OmegaConf.select(cfg, key))}")
