@@ -66,7 +66,7 @@ def _unique_suffix() -> str:
 
 
 def register_resolvers() -> None:
-    """``${crossdistill_root:}`` and ``${uid:}`` (cached: one value per process)."""
+    """``${crossdistill_root:}`` and ``${uid:}`` (the uid is cached: one value per process)."""
     if not OmegaConf.has_resolver("crossdistill_root"):
         OmegaConf.register_new_resolver("crossdistill_root", crossdistill_root)
     if not OmegaConf.has_resolver("uid"):
