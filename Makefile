@@ -22,7 +22,7 @@ help:
 	@echo "make benchmark-mfh  batched vs one-by-one training speed"
 	@echo "make lint           ruff"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)

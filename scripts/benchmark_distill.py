@@ -30,16 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from crossdistill import builders as B
 from crossdistill.losses import LossComposer
 from crossdistill.utils import teacher_store
-from crossdistill.utils.config import CONFIG_DIR, register_resolvers
+from crossdistill.utils.config import compose_config
 from crossdistill.utils.fingerprint import FINGERPRINT_MODES, fingerprint_paths
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def rss_bytes() -> int:
@@ -121,14 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    register_resolvers()
     overrides = list(args.overrides)
     if not any(o.startswith("experiment=") for o in overrides):
         overrides.insert(0, "experiment=face_voice/c2kd")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose_config("train", overrides)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(ROOT / "outputs" / "benchmark_distill")
+        cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / "benchmark_distill")
         cfg.teacher.cache_features = True
 
     torch.manual_seed(0)

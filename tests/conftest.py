@@ -7,11 +7,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-from crossdistill.utils.config import CONFIG_DIR, register_resolvers
+from crossdistill.utils.config import CONFIG_PACKAGE, register_resolvers
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -24,7 +24,7 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
     def _compose(*overrides: str, config_name: str = "train") -> DictConfig:
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=list(overrides))
         if "paths" in cfg:
             with open_dict(cfg):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import hydra
 from omegaconf import DictConfig
 
-from crossdistill.utils.config import CONFIG_DIR, register_resolvers
+from crossdistill.utils.config import CONFIG_SOURCE, register_resolvers
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,7 +28,7 @@ def diagnose(cfg: DictConfig) -> pd.DataFrame:
     return run_diagnosis(cfg)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="diagnose")
+@hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name="diagnose")
 def main(cfg: DictConfig) -> None:
     diagnose(cfg)
 

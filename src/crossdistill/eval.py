@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from crossdistill.utils.config import CONFIG_DIR, register_resolvers
+from crossdistill.utils.config import CONFIG_SOURCE, register_resolvers
 
 log = logging.getLogger("crossdistill")
 register_resolvers()
@@ -47,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

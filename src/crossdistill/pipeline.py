@@ -117,9 +117,9 @@ def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherM
 def train(cfg: DictConfig) -> dict[str, Any]:
     validate_train_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    config_file = save_resolved_config(cfg, run_dir)
     if cfg.get("print_config", True):
-        print_config_tree(cfg)
-    save_resolved_config(cfg, run_dir)
+        print_config_tree(cfg, config_file)
     pl.seed_everything(cfg.seed, workers=True)
 
     loss = LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from crossdistill import builders as B
+from crossdistill import builders
 from crossdistill.losses import LossComposer
 from crossdistill.modules import StudentModule, TeacherModule
 from crossdistill.utils import teacher_store
@@ -63,14 +63,15 @@ def load_run(run_dir: str | Path, ckpt: str = "auto", stage: str = "student") ->
     if stage not in ("student", "teacher"):
         raise ValueError(f"stage must be 'student' or 'teacher', got {stage!r}")
     cfg = OmegaConf.load(cfg_file)
-    datamodule = B.build_datamodule(cfg)
+    datamodule = builders.build_datamodule(cfg)
     loss = LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))
     teacher = None
-    if stage == "teacher" or B.loss_needs_teacher(loss):
-        teacher = B.build_teacher_module(cfg, datamodule)
-    module = (
-        teacher if stage == "teacher" else B.build_student_module(cfg, datamodule, loss, teacher)
-    )
+    if stage == "teacher" or builders.loss_needs_teacher(loss):
+        teacher = builders.build_teacher_module(cfg, datamodule)
+    if stage == "teacher":
+        module = teacher
+    else:
+        module = builders.build_student_module(cfg, datamodule, loss, teacher)
     path = find_checkpoint(run_dir, ckpt, stage)
     teacher_store.load_weights(module, path)
     module.eval()

@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from crossdistill.utils.config import CONFIG_DIR, register_resolvers
+from crossdistill.utils.config import CONFIG_SOURCE, register_resolvers
 
 register_resolvers()
 
@@ -28,7 +28,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return run_pipeline(cfg)
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_SOURCE, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from crossdistill.pipeline import run_task
 

@@ -37,7 +37,8 @@ def _nearest(name: str, valid: Iterable[str]) -> str:
 
 
 def known_top_level_keys(config_name: str = "train") -> set[str]:
-    """Keys of the primary config ``conf/<config_name>.yaml`` and of its default groups."""
+    """Keys of the shipped primary config ``<config_name>.yaml`` (package ``crossdistill.conf``)
+    and of its default groups."""
     primary = OmegaConf.load(CONFIG_DIR / f"{config_name}.yaml")
     keys = {str(k) for k in primary if k != "defaults"} | {"hydra"}
     for entry in primary.get("defaults", []):
