@@ -48,7 +48,10 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="table dir (default: <paths.log_dir>/tables/<spec>/<date>_<time>)")
     p.add_argument("--jobs", type=int, default=None, help="runs in parallel (default: spec)")
-    p.add_argument("--rows", nargs="+", default=None, help="only these rows (names)")
+    p.add_argument("--rows", nargs="+", default=None,
+                   help="only these rows (row name, its directory name or experiment name); "
+                        "the baseline row is always run")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="instead of the spec's")
     p.add_argument("--report", action="store_true",
                    help="only rewrite the table of an existing table dir (--out)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
@@ -60,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "run":
         from crossdistill.tables.runner import run_spec
 
-        args = run_parser().parse_args(argv[1:])
+        args = run_parser().parse_intermixed_args(argv[1:])
         try:
             return run_spec(args.spec, quick=args.quick, out=args.out, jobs=args.jobs,
-                            rows=args.rows, overrides=args.overrides, report_only=args.report)
+                            rows=args.rows, overrides=args.overrides, report_only=args.report,
+                            seeds=args.seeds)
         except (FileNotFoundError, ValueError) as err:
             print(f"crossdistill-table run: {err}", file=sys.stderr)
             return 2

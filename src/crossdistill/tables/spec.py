@@ -23,7 +23,7 @@ after the spec's, its ``columns`` replace the override lists of the columns it n
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +229,48 @@ def parse_spec(data: dict[str, Any], name: str = "table", source: str = "spec",
         description=str(data.get("description", "")),
         source=source,
     )
+
+
+def spec_to_dict(spec: TableSpec) -> dict[str, Any]:
+    """The spec as a mapping :func:`parse_spec` reads back (``quick`` already applied)."""
+    data: dict[str, Any] = {
+        "title": spec.title,
+        "rows": {
+            r.name: {
+                **({"experiment": r.experiment} if r.experiment else {}),
+                **({"overrides": list(r.overrides)} if r.overrides else {}),
+            }
+            for r in spec.rows
+        },
+        "baseline": spec.baseline,
+        "seeds": list(spec.seeds),
+        "metrics": [
+            {"key": m.key, "label": m.label, "scale": m.scale, "digits": m.digits}
+            for m in spec.metrics
+        ],
+        "jobs": spec.jobs,
+        "overrides": list(spec.overrides),
+    }
+    if spec.description:
+        data["description"] = spec.description
+    if spec.paired_metrics is not None:
+        data["paired_metrics"] = list(spec.paired_metrics)
+    if spec.columns != (Column(""),):
+        data["column_axis"] = spec.column_axis
+        data["columns"] = {c.name: list(c.overrides) for c in spec.columns}
+    return data
+
+
+def select_rows(spec: TableSpec, wanted: list[str]) -> TableSpec:
+    """Only the rows named (by row name, its directory name or its experiment's last part);
+    the baseline row is kept so that every row still gets its paired difference."""
+    def matches(row: Row, key: str) -> bool:
+        short = (row.experiment or "").rsplit("/", 1)[-1]
+        return key in (row.name, slug(row.name), short)
+
+    unknown = [w for w in wanted if not any(matches(r, w) for r in spec.rows)]
+    if unknown:
+        raise ValueError(f"--rows {unknown}: not rows of {spec.source or spec.name}; rows: "
+                         f"{[r.name for r in spec.rows]}")
+    keep = [r for r in spec.rows if r.name == spec.baseline or any(matches(r, w) for w in wanted)]
+    return replace(spec, rows=tuple(keep))
