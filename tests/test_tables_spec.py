@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_tables import write_run
 
 from crossdistill.tables import runner
 from crossdistill.tables.cli import main
 from crossdistill.tables.spec import available_specs, load_spec, parse_spec, slug
 from crossdistill.utils.config import compose_config
+from test_tables import write_run
 
 
 def test_shipped_specs_parse_and_their_quick_parts_apply():
