@@ -145,23 +145,29 @@ def plot(table: Table, path: Path) -> Path:
     fig, axes = plt.subplots(
         n_rows, n_cols, figsize=(width_per_panel * n_cols, 3.8 * n_rows + 0.8), squeeze=False
     )
-    ns = sorted({table.summary(r, c, m.key).n for r in table.rows for c in table.columns
-                 for m in metrics})
-    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}..{ns[-1]} (per bar)"
+    ns = sorted({n for r in table.rows for c in table.columns for m in metrics
+                 if (n := table.summary(r, c, m.key).n) > 0}) or [0]
+    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}..{ns[-1]} (written per bar)"
     bar_w = 0.8 / len(table.columns)
     for i, m in enumerate(metrics):
         ax = axes[i // n_cols][i % n_cols]
+        empty = all(table.summary(r, c, m.key).n == 0 for r in table.rows for c in table.columns)
         for j, column in enumerate(table.columns):
             stats = [table.summary(r, column, m.key) for r in table.rows]
             xs = [k + (j - (len(table.columns) - 1) / 2) * bar_w for k in range(len(table.rows))]
             means = [s.mean * m.scale if s.n else 0.0 for s in stats]
-            errs = [s.std * m.scale if s.n > 1 else 0.0 for s in stats]
+            errs = [s.std * m.scale if s.n > 1 else math.nan for s in stats]
             bars = ax.bar(xs, means, bar_w, yerr=errs, capsize=3,
                           label=column or None, alpha=0.85)
             for bar, s in zip(bars, stats, strict=True):
-                if len(ns) > 1 or s.n == 0:
-                    ax.annotate(f"n={s.n}", (bar.get_x() + bar.get_width() / 2, 0),
+                if not empty and (len(ns) > 1 or s.n == 0):
+                    ax.annotate("no value" if s.n == 0 else f"n={s.n}",
+                                (bar.get_x() + bar.get_width() / 2, 0),
                                 ha="center", va="bottom", fontsize=7)
+        if empty:
+            ax.text(0.5, 0.5, "no values in these runs", transform=ax.transAxes,
+                    ha="center", va="center", color="gray")
+            ax.set_yticks([])
         ax.set_xticks(range(len(table.rows)))
         ax.set_xticklabels(table.rows, rotation=25, ha="right", fontsize=8)
         ax.set_title(_header(m, ""), fontsize=10)
@@ -169,16 +175,16 @@ def plot(table: Table, path: Path) -> Path:
     for k in range(len(metrics), n_rows * n_cols):
         axes[k // n_cols][k % n_cols].set_visible(False)
     fig.suptitle(
-        f"{table.title}\nbars: mean over seeds; error bars: ± sample std (n − 1); {n_text}"
+        f"{table.title}\nbars: mean over seeds; error bars: ± sample std (n − 1)"
+        + (" (none where n = 1)" if 1 in ns else "") + f"; {n_text}"
         + ("; ↓ lower / ↑ higher is better" if _directions(metrics) else ""),
         fontsize=10,
     )
     fig.tight_layout()
     if len(table.columns) > 1:
         handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False,
-                   title=table.column_axis or None, bbox_to_anchor=(0.5, -0.02))
-        fig.subplots_adjust(bottom=0.22 / n_rows + 0.08)
+        fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False,
+                   title=table.column_axis or None, bbox_to_anchor=(0.5, 0.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
