@@ -133,6 +133,9 @@ def test_a_resolved_difference_is_marked_resolved(sweep: Path):
     assert "| distill=kd (baseline) | 0.900 ± 0.000 (n=3) |" in text
     # none - kd = -0.01, +0.02, -0.04 (same interval, mirrored)
     assert "| distill=none | -0.010 [-0.085, +0.065] (n=3), not resolved |" in text
+    assert load_table([sweep], baseline="=kd").baseline == "distill=kd"  # a unique part
+    with pytest.raises(ValueError, match="'distill' matches several rows"):
+        load_table([sweep], baseline="distill")
     constant = load_table([sweep], metrics=["val/acc"])
     assert "+0.000 [+0.000, +0.000] (n=3), not resolved" in markdown(constant)
 

@@ -9,7 +9,13 @@ import yaml
 
 from crossdistill.tables.collect import find_runs
 from crossdistill.tables.spec import TableSpec, parse_spec, slug
-from crossdistill.tables.table import Metric, Table, duplicate_seed_notes, table_from_runs
+from crossdistill.tables.table import (
+    Metric,
+    Table,
+    duplicate_seed_notes,
+    find_row,
+    table_from_runs,
+)
 
 SPEC_FILE = "table.yaml"  # the spec a table dir was run with (written by the runner)
 
@@ -59,9 +65,7 @@ def load_table(
             table.metrics = [Metric(k) for k in metrics]
             table.paired_metrics = None
         if baseline is not None:
-            if baseline not in table.rows:
-                raise ValueError(f"--baseline {baseline!r} is not a row; rows: {table.rows}")
-            table.baseline = baseline
+            table.baseline = find_row(table.rows, baseline)
         return table
     title = "Runs of " + ", ".join(str(p) for p in paths)
     return table_from_runs(find_runs(paths), metrics, baseline, title=title)

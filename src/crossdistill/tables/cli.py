@@ -28,7 +28,9 @@ def aggregate_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dirs", nargs="+", type=Path, help="run, multirun or table dirs")
-    p.add_argument("--baseline", default=None, help="row compared with (default: first row)")
+    p.add_argument("--baseline", default=None,
+                   help="row compared with: its label or a part of it that names one row "
+                        "(default: the first row)")
     p.add_argument("--metrics", nargs="+", default=None,
                    help="metric keys (default: the test/ metrics present; teacher ones as "
                         "teacher/test/...)")

@@ -118,6 +118,17 @@ def group_runs(runs: Sequence[Run]) -> tuple[list[str], dict[str, list[Run]], li
     return labels, groups, varying
 
 
+def find_row(labels: Sequence[str], wanted: str) -> str:
+    """The row labelled ``wanted``, else the one row whose label contains it."""
+    if wanted in labels:
+        return wanted
+    near = [label for label in labels if wanted in label]
+    if len(near) == 1:
+        return near[0]
+    why = "matches several rows" if near else "is not a row"
+    raise ValueError(f"--baseline {wanted!r} {why}; rows: {list(labels)}")
+
+
 def default_metrics(runs: Sequence[Run]) -> list[Metric]:
     """The student's ``test/`` metrics present in the runs, in logged order."""
     keys = dict.fromkeys(k for r in runs for k in r.metrics if k.startswith("test/"))
@@ -150,10 +161,7 @@ def table_from_runs(
         raise ValueError("no runs found (a run dir holds config.yaml / metrics.json)")
     labels, groups, _ = group_runs(runs)
     chosen = [Metric(k) for k in metrics] if metrics else default_metrics(runs)
-    if baseline is None:
-        baseline = labels[0]
-    elif baseline not in labels:
-        raise ValueError(f"--baseline {baseline!r} is not a row; rows: {labels}")
+    baseline = labels[0] if baseline is None else find_row(labels, baseline)
     table = Table(
         title=title,
         rows=labels,
