@@ -10,15 +10,15 @@ export WANDB_MODE ?= offline
 MAIN_JOB ?= experiment=face_voice/c2kd
 export WANDB_SILENT ?= true
 
-.PHONY: help install train test test-full lint format reproduce-mfh reproduce-text-image benchmark-mfh clean
+.PHONY: help install train test test-full lint format reproduce-mfh reproduce-c2kd reproduce-text-image benchmark-mfh clean
 
 help:
 	@echo "make train          run the main job on built-in data (ARGS='key=value ...' to override)"
 	@echo "make test           fast tests (excludes slow)"
 	@echo "make test-full      all tests, including slow ones"
 	@echo "make reproduce-mfh  MFH Fig. 2 / Fig. 3 / Table 2 -> outputs/mfh_reproduction/latest"
-	@echo "make reproduce-c2kd face->voice C2KD table (9 rows x 3 seeds) -> outputs/c2kd_reproduction/ (ARGS=--quick: minutes)"
-	@echo "make reproduce-text-image  text->image table (8 methods x 3 seeds x 10/25/100 %) -> outputs/text_image_reproduction/latest (ARGS=--quick: minutes)"
+	@echo "make reproduce-c2kd face->voice C2KD table (conf/table/c2kd.yaml: 9 rows x 3 seeds) -> outputs/tables/c2kd/latest (ARGS=--quick: minutes)"
+	@echo "make reproduce-text-image  text->image table (conf/table/text_image.yaml: 8 rows x 3 seeds x 100/25/10 %) -> outputs/tables/text_image/latest (ARGS=--quick: minutes)"
 	@echo "make benchmark-mfh  batched vs one-by-one training speed"
 	@echo "make lint           ruff"
 
@@ -50,10 +50,10 @@ reproduce-mfh: install
 	$(PY) scripts/reproduce_mfh.py $(ARGS)
 
 reproduce-c2kd: install
-	$(PY) scripts/reproduce_c2kd.py $(ARGS)
+	$(VENV)/bin/crossdistill-table run c2kd $(ARGS)
 
 reproduce-text-image: install
-	$(PY) scripts/reproduce_text_image.py $(ARGS)
+	$(VENV)/bin/crossdistill-table run text_image $(ARGS)
 
 benchmark-mfh: install
 	$(PY) scripts/benchmark_mfh.py $(ARGS)

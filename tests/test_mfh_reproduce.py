@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from crossdistill.analysis.mfh import protocol as P
-from crossdistill.analysis.mfh import report as R
+from crossdistill.analysis.mfh import protocol, report
 from crossdistill.analysis.mfh.reproduce import main
-from crossdistill.data.generators import gaussian as G
+from crossdistill.data.generators import gaussian
 
 
 def _init_acc(lin: nn.Linear, x: np.ndarray, y: np.ndarray) -> float:
@@ -25,12 +24,14 @@ def test_exp1_models_start_from_the_authors_initial_weights():
     torch too: teacher, KD student and No-KD student are created after
     torch.manual_seed(seed + 1). With 0 epochs the test accuracy is that of the init."""
     seeds = [0, 3]
-    df = P.run_vary("exp1", {4: G.gamma_layout(4)}, seeds, P.Hyper(epochs=0), "overlap")
+    df = protocol.run_vary(
+        "exp1", {4: gaussian.gamma_layout(4)}, seeds, protocol.Hyper(epochs=0), "overlap"
+    )
     got = df.set_index(["seed", "role"]).acc
     for seed in seeds:
-        layout = G.gamma_layout(4)
-        a = G.draw_hyperplane(np.random.RandomState(seed), layout.z_dim)
-        x_a, x_b, y = G.sample(layout, 1000, a, np.random.RandomState(seed + 1))
+        layout = gaussian.gamma_layout(4)
+        a = gaussian.draw_hyperplane(np.random.RandomState(seed), layout.z_dim)
+        x_a, x_b, y = gaussian.sample(layout, 1000, a, np.random.RandomState(seed + 1))
         torch.manual_seed(seed + 1)
         teacher, kd, no_kd = nn.Linear(25, 2), nn.Linear(50, 2), nn.Linear(50, 2)
         assert got[(seed, "teacher")] == pytest.approx(_init_acc(teacher, x_a, y))
@@ -42,14 +43,14 @@ def test_table2_models_start_from_the_authors_initial_weights():
     """gt and random modes: after seed(seed) the authors create the regular teacher, the
     No-KD student, the KD student, then the MG teacher and its student."""
     seed, shared = 42, 10
-    hp = P.Hyper(epochs=0, n_repeats=1)
-    df, _ = P.table2([seed], hp, settings=((shared, 10),))
+    hp = protocol.Hyper(epochs=0, n_repeats=1)
+    df, _ = protocol.table2([seed], hp, settings=((shared, 10),))
     got = df.set_index("role").acc
-    layout = G.modify_gamma_layout(shared, 10)
+    layout = gaussian.modify_gamma_layout(shared, 10)
     rng = np.random.RandomState(seed)
     a = np.ones(layout.z_dim)
-    G.sample(layout, hp.n_train, a, rng)
-    x_a, x_b, y = G.sample(layout, hp.n_test, a, rng)
+    gaussian.sample(layout, hp.n_train, a, rng)
+    x_a, x_b, y = gaussian.sample(layout, hp.n_test, a, rng)
     cols = {
         "gt": np.arange(shared),
         "random": np.random.RandomState(seed + 10_000).choice(50, shared, replace=False),
@@ -138,11 +139,11 @@ def test_hypothesis_checks_hold_and_are_contradicted_on_constructed_results():
     g = [0.0, 0.5, 1.0]
     good1 = _vary("gamma", g, [-1.0, 0.5, 2.0], [70, 70, 70])
     good2 = _vary("alpha", [0.0, 0.5, 0.8], [1.0, 0.5, 0.0], [58, 70, 88])
-    checks = R.hypothesis_checks(good1, good2, _table2(True))
+    checks = report.hypothesis_checks(good1, good2, _table2(True))
     assert [c.status for c in checks] == ["holds"] * 4
     bad1 = _vary("gamma", g, [1.0, 0.5, 2.0], [70, 70, 70])  # KD helps at gamma = 0
     bad2 = _vary("alpha", [0.0, 0.5, 0.8], [0.0, 3.0, 6.0], [58, 70, 88])  # KD follows T
-    checks = R.hypothesis_checks(bad1, bad2, _table2(False))
+    checks = report.hypothesis_checks(bad1, bad2, _table2(False))
     assert [c.status for c in checks] == ["contradicted"] * 3 + ["holds"]
 
 
@@ -161,12 +162,12 @@ _HAND = pd.DataFrame(
 
 def test_paired_delta_of_the_report_equals_a_hand_computation():
     half = 4.302653 * 3.0 / np.sqrt(3.0)
-    d = R.paired_deltas(_HAND, "gamma", "kd", "no_kd")[0.0]
+    d = report.paired_deltas(_HAND, "gamma", "kd", "no_kd")[0.0]
     assert d.n == 3
     assert d.mean == pytest.approx(1.0)
     assert d.low == pytest.approx(1.0 - half, abs=1e-5)
     assert d.high == pytest.approx(1.0 + half, abs=1e-5)
-    table = R.table_vary(_HAND, "gamma", "γ", "fig2")
+    table = report.table_vary(_HAND, "gamma", "γ", "fig2")
     assert "| +1.00 [-6.45, +8.45] (n=3), not resolved |" in table
     # per-role columns: mean ± sample std (ddof = 1); No-KD 50, 80, 65 -> 65.00 ± 15.00
     assert "65.00 ± 15.00" in table
@@ -175,7 +176,7 @@ def test_paired_delta_of_the_report_equals_a_hand_computation():
 
 def test_table2_paired_deltas_by_hand():
     # MG-KD − Regular-KD per seed: +2, +2 -> +2 [+2, +2]; MG-KD − No-KD: +3, +3
-    text = R.table2_markdown(
+    text = report.table2_markdown(
         _table2(True), pd.DataFrame({"gamma": [0.25, 0.5], "alg1_recovery": [1.0, 1.0]})
     )
     assert "| +2.00 [+2.00, +2.00] (n=2), resolved | +3.00 [+3.00, +3.00] (n=2), resolved |" in (
@@ -193,7 +194,7 @@ def test_a_check_whose_interval_contains_zero_is_not_resolved():
     zero = (exp1.gamma == 0.0) & (exp1.role == "kd")
     exp1.loc[zero, "acc"] += exp1.loc[zero, "seed"].map(jitter)
     exp2 = _vary("alpha", [0.0, 0.5, 0.8], [1.0, 0.5, 0.0], [58, 70, 88], seeds=3)
-    checks = R.hypothesis_checks(exp1, exp2, _table2(True, seeds=3))
+    checks = report.hypothesis_checks(exp1, exp2, _table2(True, seeds=3))
     first = checks[0]
     assert first.status == "not resolved" and not first.passed and not first.contradicted
     assert "not resolved: the interval contains 0" in first.detail
@@ -207,3 +208,29 @@ def test_full_reproduction_shows_the_hypothesis(tmp_path):
     """The paper's protocol (10 seeds, 1000 epochs, M = 100): no check may be contradicted
     (a difference resolved in the wrong direction); unresolved checks are reported."""
     assert main(["--out", str(tmp_path)]) == 0
+
+
+def test_protocol_reads_its_hyperparameters_from_the_composed_config(compose_cfg):
+    """One source: the stacked protocol trains what `experiment=mfh/exp1` configures, and
+    the exp2 / table2 experiments share those settings."""
+    cfg = compose_cfg("experiment=mfh/exp1")
+    hp = protocol.Hyper()
+    assert (hp.epochs, hp.lr, hp.n_train, hp.n_test) == (
+        cfg.trainer.max_epochs,
+        cfg.student.optimizer.lr,
+        cfg.data.n_train,
+        cfg.data.n_test,
+    )
+    assert protocol.Hyper(epochs=7).epochs == 7
+    assert sorted(protocol.kd_composer().terms) == sorted(cfg.distill) == ["ce", "kd"]
+    assert sorted(protocol.ce_composer().terms) == ["ce"]
+    for other in ("mfh/exp2", "mfh/table2"):
+        ocfg = compose_cfg(f"experiment={other}")
+        assert ocfg.distill == cfg.distill and ocfg.trainer.max_epochs == hp.epochs
+        assert ocfg.student.optimizer == cfg.student.optimizer
+        assert (ocfg.data.n_train, ocfg.data.n_test) == (hp.n_train, hp.n_test)
+
+
+def test_protocol_refuses_a_config_it_cannot_train():
+    with pytest.raises(ValueError, match=r"student.optimizer must be plain SGD .*momentum"):
+        protocol.protocol_config("+student.optimizer.momentum=0.9")

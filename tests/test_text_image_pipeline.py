@@ -1,13 +1,10 @@
 """Text -> image pipeline (issue 4): experiment configs, fast_dev_runs of teacher /
-student-only / distillation through ``crossdistill.train.train``, a short real training,
-and the reproduction script's planning and reporting."""
+student-only / distillation through ``crossdistill.train.train``, a short real training.
+The reproduction table (conf/table/text_image.yaml) is tested in test_tables_spec.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -49,15 +46,6 @@ TINY = [
 def _tiny(name: str) -> list[str]:
     extra = ["projection.hidden_dim=8"] if name in NEEDS_PROJECTION else []
     return [f"experiment=text_image/{name}", *TINY, *extra]
-
-
-def _load_script():
-    """scripts/reproduce_text_image.py as a module; scripts/ goes on sys.path so that its
-    spawned workers can import it too."""
-    scripts = str(ROOT / "scripts")
-    if scripts not in sys.path:
-        sys.path.insert(0, scripts)
-    return importlib.import_module("reproduce_text_image")
 
 
 # ---------------------------------------------------------------------- configs
@@ -177,73 +165,3 @@ def test_distillation_trains_and_loss_decreases(compose_cfg, capsys):
     assert summary["teacher"]["test/acc"] > 1 / 3  # the text teacher learned something
     cached = list(Path(cfg.paths.teacher_cache_dir).glob("*/teacher.ckpt"))
     assert len(cached) == 1  # a real run caches its teacher for the other rows
-
-
-# ---------------------------------------------------------------- reproduction script
-def test_script_schedule_matches_steps(compose_cfg):
-    script = _load_script()
-    cfg = compose_cfg("experiment=text_image/c2kd")
-    full = script.schedule(cfg, 1.0, 10, 6)
-    assert full == {"max_epochs": 10, "teacher_epochs": 6, "val_every": 1}
-    tenth = script.schedule(cfg, 0.1, 10, 6)  # 200 images, batch 128: 1 step per epoch
-    assert tenth["max_epochs"] == 10 * 15 and tenth["val_every"] == 15
-    quarter = script.schedule(cfg, 0.25, 10, 6)  # 500 images: 3 steps per epoch
-    assert quarter["max_epochs"] == 50 and quarter["teacher_epochs"] == 30
-
-
-def test_script_phases_train_each_teacher_once():
-    script = _load_script()
-
-    class Args:
-        rows = list(script.ROWS)
-        seeds = [0, 1]
-        fractions = [1.0, 0.1]
-        epochs, teacher_epochs, threads, overrides = 2, 2, 1, []
-
-    jobs = script.plan_jobs(Args, Path("/tmp/unused"))
-    assert len(jobs) == 8 * 2 * 2
-    phases = script.phases(jobs)
-    assert len(phases) == 4  # per seed: teachers first, then the rest
-    for seed, (first, rest) in zip((0, 1), (phases[:2], phases[2:]), strict=True):
-        assert len(first) == 2 * 2  # (default, poor) x fractions
-        assert {j["row"] for j in first} == {"kd", "poor_teacher"}
-        assert {j["seed"] for j in first + rest} == {seed} and len(first + rest) == 16
-    assert all("experiment=text_image/" in script.job_overrides(j)[0] for j in jobs)
-
-
-def test_script_table_and_plot(tmp_path):
-    script = _load_script()
-    records = [
-        {"row": row, "seed": s, "fraction": f, "top1": 0.5 + 0.1 * s, "top5": 0.9,
-         "teacher_top1": None if row == "no_kd" else 0.8}
-        for row in ("no_kd", "c2kd") for s in (0, 1) for f in (1.0, 0.25, 0.1)
-    ]
-    text = script.table(records, ["no_kd", "c2kd"], [1.0, 0.25, 0.1])
-    lines = text.strip().splitlines()
-    assert lines[0].startswith("| method | top-1 (100 %) | top-5 (100 %) | top-1 (25 %)")
-    assert "| no KD | 55.0 ± 7.1 | 90.0 ± 0.0 | 55.0 ± 7.1 | 55.0 ± 7.1 | — | 0,1 |" in text
-    assert "80.0 ± 0.0 / 80.0 ± 0.0 / 80.0 ± 0.0" in text
-    script.plot(records, ["no_kd", "c2kd"], [1.0, 0.25, 0.1], tmp_path / "p.png")
-    assert (tmp_path / "p.png").stat().st_size > 0
-    assert math.isnan(script._stats([])[0])
-
-
-@pytest.mark.slow
-def test_script_end_to_end_tiny(tmp_path):
-    script = _load_script()
-    overrides = [
-        *TINY[:-2],  # the script disables the progress bar itself
-        f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path / 'logs'}",
-    ]
-    rc = script.main([
-        "--rows", "no_kd", "c2kd", "--seeds", "0", "--fractions", "1.0", "0.5",
-        "--epochs", "1", "--teacher-epochs", "1", "--jobs", "1",
-        "--out", str(tmp_path / "out"), "--", *overrides,
-    ])
-    assert rc == 0
-    results = script.load_results(tmp_path / "out" / "results.jsonl")
-    assert len(results) == 4
-    table = (tmp_path / "out" / "table.md").read_text()
-    assert table.count("| both (C2KD) |") == 2  # the results table and the paired table
-    assert "Paired difference to no KD" in table and "(n=1, no interval)" in table
-    assert (tmp_path / "out" / "text_image.png").exists()

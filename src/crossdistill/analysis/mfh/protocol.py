@@ -7,16 +7,21 @@ code makes (after ``torch.manual_seed(seed + 1)`` for experiments 1-2, ``seed`` 
 in their order of creation), and the data are drawn with numpy exactly as theirs (in each
 layout's ``draw_order``). Corrections of the public code and the one remaining difference
 (Algorithm 1's permutations): ``docs/mfh.md``.
+
+The training hyperparameters (epochs, learning rate, data sizes, the KD and CE losses) are
+read from the composed config of ``experiment=mfh/exp1`` (:func:`protocol_config`), the
+same config ``crossdistill-train experiment=mfh/exp1`` runs, so each has one source.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from crossdistill.analysis.algorithm1 import permutation_scores, recovery_rate, top_channels
@@ -26,30 +31,74 @@ from crossdistill.analysis.stacked import (
     composer_loss,
     train_full_batch,
 )
-from crossdistill.data.generators import gaussian as G
+from crossdistill.data.generators import gaussian
 from crossdistill.losses import LossComposer, LossInputs
-from crossdistill.utils.config import CONFIG_DIR
+from crossdistill.utils.config import compose_config
+
+MFH_EXPERIMENT = "mfh/exp1"
 
 
-def kd_composer() -> LossComposer:
-    """CE + KD exactly as ``conf/distill/kd_mfh.yaml`` (the same file the CLI uses)."""
-    spec = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "distill" / "kd_mfh.yaml"))
+@cache
+def protocol_config(*overrides: str) -> DictConfig:
+    """The composed ``experiment=mfh/exp1`` config (plus ``overrides``), checked to describe
+    what the stacked trainer does: plain full-batch SGD, the same for teacher and student."""
+    cfg = compose_config("train", [f"experiment={MFH_EXPERIMENT}", *overrides])
+    for side in ("teacher", "student"):
+        opt = cfg[side].optimizer
+        extra = {k: v for k, v in opt.items() if k not in ("_target_", "_partial_", "lr")}
+        if opt._target_ != "torch.optim.SGD" or extra or cfg[side].get("scheduler"):
+            raise ValueError(
+                f"experiment={MFH_EXPERIMENT}: {side}.optimizer must be plain SGD (lr only, no "
+                f"scheduler) for the stacked MFH protocol, got {OmegaConf.to_container(opt)}"
+            )
+    if cfg.teacher.optimizer.lr != cfg.student.optimizer.lr or (
+        cfg.teacher.max_epochs != cfg.trainer.max_epochs
+    ):
+        raise ValueError(
+            f"experiment={MFH_EXPERIMENT}: the stacked protocol trains teacher and student "
+            f"alike; teacher lr/epochs ({cfg.teacher.optimizer.lr}, {cfg.teacher.max_epochs}) "
+            f"differ from the student's ({cfg.student.optimizer.lr}, {cfg.trainer.max_epochs})"
+        )
+    return cfg
+
+
+def _composer(*overrides: str) -> LossComposer:
+    spec = OmegaConf.to_container(protocol_config(*overrides).distill, resolve=True)
     return LossComposer(spec)
 
 
+def kd_composer() -> LossComposer:
+    """CE + KD as ``crossdistill-train experiment=mfh/exp1`` composes them (distill=kd_mfh)."""
+    return _composer()
+
+
 def ce_composer() -> LossComposer:
-    return LossComposer({"ce": {"weight": 1.0}})
+    """CE only, as the No-KD baseline ``experiment=mfh/exp1 distill=none``."""
+    return _composer("distill=none")
 
 
 @dataclass
 class Hyper:
-    epochs: int = 1000
-    lr: float = 0.1
-    joint_lr: float = 0.01
+    """Protocol settings; the ``None`` ones are read from :func:`protocol_config`."""
+
+    epochs: int | None = None  # trainer.max_epochs (= teacher.max_epochs)
+    lr: float | None = None  # student.optimizer.lr (= teacher.optimizer.lr)
+    joint_lr: float = 0.01  # Algorithm 1, step 1 (joint training; no CLI counterpart)
     joint_momentum: float = 0.9
     n_repeats: int = 100  # Algorithm-1 permutations per channel
-    n_train: int = 200
-    n_test: int = 1000
+    n_train: int | None = None  # data.n_train
+    n_test: int | None = None  # data.n_test
+
+    def __post_init__(self) -> None:
+        cfg = protocol_config()
+        if self.epochs is None:
+            self.epochs = int(cfg.trainer.max_epochs)
+        if self.lr is None:
+            self.lr = float(cfg.student.optimizer.lr)
+        if self.n_train is None:
+            self.n_train = int(cfg.data.n_train)
+        if self.n_test is None:
+            self.n_test = int(cfg.data.n_test)
 
 
 @dataclass
@@ -126,7 +175,7 @@ def _rows(name: str, settings: list[dict], seeds: list[int], accs: dict[str, Ten
 
 def run_vary(
     name: str,
-    layouts: dict[float, G.ModalityLayout],
+    layouts: dict[float, gaussian.ModalityLayout],
     seeds: list[int],
     hp: Hyper,
     key: str,
@@ -137,9 +186,9 @@ def run_vary(
     for value, layout in layouts.items():
         for seed in seeds:
             rng = np.random.RandomState(seed)
-            a = G.draw_hyperplane(rng, layout.z_dim, "gaussian")
-            train.add(*G.sample(layout, hp.n_train, a, rng))
-            test.add(*G.sample(layout, hp.n_test, a, np.random.RandomState(seed + 1)))
+            a = gaussian.draw_hyperplane(rng, layout.z_dim, "gaussian")
+            train.add(*gaussian.sample(layout, hp.n_train, a, rng))
+            test.add(*gaussian.sample(layout, hp.n_test, a, np.random.RandomState(seed + 1)))
             # The authors' `seed(seed + 1)` before the test draw re-seeds torch as well, so
             # their models are initialised after torch.manual_seed(seed + 1), in the order
             # teacher, KD student, No-KD student.
@@ -176,13 +225,13 @@ TABLE2_SETTINGS = ((5, 15), (5, 10), (10, 10), (20, 10), (30, 10))
 
 def experiment1(seeds: list[int] | None = None, hp: Hyper | None = None) -> pd.DataFrame:
     """Fig. 2: sweep gamma with 10 decisive dims per modality."""
-    layouts = {o: G.gamma_layout(o) for o in EXP1_OVERLAPS}
+    layouts = {o: gaussian.gamma_layout(o) for o in EXP1_OVERLAPS}
     return run_vary("exp1", layouts, seeds or list(range(10)), hp or Hyper(), "overlap")
 
 
 def experiment2(seeds: list[int] | None = None, hp: Hyper | None = None) -> pd.DataFrame:
     """Fig. 3: sweep alpha (teacher-only decisive dims), student fixed."""
-    layouts = {k: G.alpha_layout(k) for k in EXP2_TEACHER_ONLY}
+    layouts = {k: gaussian.alpha_layout(k) for k in EXP2_TEACHER_ONLY}
     df = run_vary("exp2", layouts, seeds or list(range(10)), hp or Hyper(), "teacher_only")
     df["alpha"] = df["teacher_only"] / (df["teacher_only"] + 10)
     return df
@@ -226,13 +275,15 @@ def table2(
     mg_kd_inits: dict[str, list[nn.Linear]] = {m: [] for m in ("gt", "alg1", "random")}
     random_cols = []
     for shared, teacher_only in settings:
-        layout = G.modify_gamma_layout(shared, teacher_only, width, width)
-        a = G.draw_hyperplane(np.random.RandomState(0), layout.z_dim, "ones")
+        layout = gaussian.modify_gamma_layout(shared, teacher_only, width, width)
+        a = gaussian.draw_hyperplane(np.random.RandomState(0), layout.z_dim, "ones")
         for seed in seeds:
             rng = np.random.RandomState(seed)
-            data1.add(*G.sample(layout, hp.n_train, a, rng))
-            test.add(*G.sample(layout, hp.n_test, a, rng))
-            data2.add(*G.sample(layout, hp.n_train, a, rng))  # fresh draw for the student stage
+            data1.add(*gaussian.sample(layout, hp.n_train, a, rng))
+            test.add(*gaussian.sample(layout, hp.n_test, a, rng))
+            data2.add(
+                *gaussian.sample(layout, hp.n_train, a, rng)
+            )  # fresh draw for the student stage
             random_cols.append(
                 np.random.RandomState(seed + 10_000).choice(width, shared, replace=False)
             )

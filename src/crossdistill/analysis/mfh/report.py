@@ -1,8 +1,9 @@
 """Tables, plots and hypothesis checks for the MFH reproduction.
 
-Every difference between two roles is *paired*: the per-seed differences over the seeds
-both roles share (same data draw and initial weights), summarised by their mean and a
-95 % Student-t interval (:func:`crossdistill.analysis.paired.paired_difference`). Where
+Cells are mean ± sample std (n - 1) over seeds and every difference between two roles is
+*paired*: the per-seed differences over the seeds both roles share (same data draw and
+initial weights), summarised by their mean and a 95 % Student-t interval; both come from
+:mod:`crossdistill.tables.stats`, the statistics of every table of the project. Where
 the interval contains 0 the difference is reported as *not resolved* and the methods are
 not ranked; a hypothesis check only "holds" when every difference it relies on is resolved
 in the claimed direction.
@@ -20,7 +21,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from crossdistill.analysis.paired import PairedDifference, paired_difference  # noqa: E402
+from crossdistill.tables.stats import (  # noqa: E402
+    PairedDifference,
+    paired_difference,
+    summarize,
+)
 
 # Read off the paper's figures (approximate) and Table 2 (exact); see shared notes.
 PAPER_FIG2 = {  # gamma -> (teacher, no_kd, kd)
@@ -48,7 +53,9 @@ STUDENT_GAIN_MARGIN = 1.0
 
 
 def _ms(series: pd.Series) -> str:
-    return f"{series.mean():.2f} ± {series.std(ddof=1):.2f}"
+    """``mean ± sample std`` of a cell (n is in the caption under the table)."""
+    cell = summarize(series)
+    return f"{cell.mean:.2f} ± {cell.std:.2f}"
 
 
 def n_seeds(df: pd.DataFrame) -> int:
@@ -67,10 +74,12 @@ def caption(n: int) -> str:
 
 
 def summary(df: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Mean and sample std (ddof = 1) over seeds, one row per setting, per role."""
-    g = df.groupby([key, "role"]).acc
-    out = pd.concat({"mean": g.mean(), "std": g.std(ddof=1)}, axis=1).unstack("role")
-    return out
+    """Mean and sample std (ddof = 1) over seeds, one row per setting, per role
+    (:func:`crossdistill.tables.stats.summarize`); columns ``("mean" | "std", role)``."""
+    cells = {group: summarize(part.acc) for group, part in df.groupby([key, "role"])}
+    index = pd.MultiIndex.from_tuples(list(cells), names=[key, "role"])
+    values = [(c.mean, c.std) for c in cells.values()]
+    return pd.DataFrame(values, index=index, columns=["mean", "std"]).unstack("role")
 
 
 def by_seed(df: pd.DataFrame, role: str) -> dict[int, float]:

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-from crossdistill.analysis.mfh import protocol as P
-from crossdistill.analysis.mfh import report as R
-from crossdistill.utils.config import PROJECT_ROOT
+from crossdistill.analysis.mfh import protocol, report
+from crossdistill.utils.config import crossdistill_root
 
 CHECK_RULE = (
     "A check *holds* when every paired difference it relies on is resolved (95 % interval "
@@ -35,7 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="output dir (default: outputs/mfh_reproduction/<date>_<time>)",
     )
     p.add_argument("--seeds", type=int, default=10, help="runs per setting (paper: 10)")
-    p.add_argument("--epochs", type=int, default=1000, help="SGD epochs per model (paper: 1000)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="SGD epochs per model (default: trainer.max_epochs of experiment=mfh/exp1, 1000 "
+        "as in the paper)",
+    )
     p.add_argument(
         "--repeats", type=int, default=100, help="Algorithm-1 permutations per channel (paper: 100)"
     )
@@ -53,21 +58,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    out = args.out or PROJECT_ROOT / "outputs" / "mfh_reproduction" / stamp
+    out = args.out or Path(crossdistill_root()) / "outputs" / "mfh_reproduction" / stamp
     out.mkdir(parents=True, exist_ok=True)
-    hp = P.Hyper(epochs=args.epochs, n_repeats=args.repeats)
+    hp = protocol.Hyper(epochs=args.epochs, n_repeats=args.repeats)
+    args.epochs = hp.epochs
     timings = {}
 
     t0 = time.perf_counter()
-    exp1 = P.experiment1(list(range(args.seeds)), hp)
+    exp1 = protocol.experiment1(list(range(args.seeds)), hp)
     timings["exp1_s"] = time.perf_counter() - t0
     print(f"experiment 1 done in {timings['exp1_s']:.1f} s", flush=True)
     t0 = time.perf_counter()
-    exp2 = P.experiment2(list(range(args.seeds)), hp)
+    exp2 = protocol.experiment2(list(range(args.seeds)), hp)
     timings["exp2_s"] = time.perf_counter() - t0
     print(f"experiment 2 done in {timings['exp2_s']:.1f} s", flush=True)
     t0 = time.perf_counter()
-    t2, recovery = P.table2(list(range(42, 42 + args.seeds)), hp)
+    t2, recovery = protocol.table2(list(range(42, 42 + args.seeds)), hp)
     timings["table2_s"] = time.perf_counter() - t0
     print(f"Table 2 done in {timings['table2_s']:.1f} s", flush=True)
 
@@ -75,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     exp2.to_csv(out / "exp2_raw.csv", index=False)
     t2.to_csv(out / "table2_raw.csv", index=False)
     recovery.to_csv(out / "table2_alg1_recovery.csv", index=False)
-    R.plot_vary(
+    report.plot_vary(
         exp1,
         "gamma",
         "γ (share of modality-general decisive features)",
         out / "fig2_exp1_gamma.png",
         "Exp. 1: vary γ (paper Fig. 2)",
     )
-    R.plot_vary(
+    report.plot_vary(
         exp2,
         "alpha",
         "α (share of teacher-only decisive features)",
@@ -91,15 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     sections = {
         "exp1.md": "## Experiment 1 (paper Fig. 2): vary γ\n\n"
-        + R.table_vary(exp1, "gamma", "γ", "fig2"),
+        + report.table_vary(exp1, "gamma", "γ", "fig2"),
         "exp2.md": "## Experiment 2 (paper Fig. 3): vary α (β = 0, γ = 1 − α)\n\n"
-        + R.table_vary(exp2, "alpha", "α", "fig3"),
+        + report.table_vary(exp2, "alpha", "α", "fig3"),
         "table2.md": "## Table 2: regular vs modality-general teacher\n"
-        + R.table2_markdown(t2, recovery),
+        + report.table2_markdown(t2, recovery),
     }
     for name, text in sections.items():
         (out / name).write_text(text + "\n")
-    checks = R.hypothesis_checks(exp1, exp2, t2)
+    checks = report.hypothesis_checks(exp1, exp2, t2)
     check_text = (
         "## Hypothesis checks\n\n"
         + "\n".join(c.line() for c in checks)
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         latest.unlink(missing_ok=True)
         latest.symlink_to(out.name)
     contradicted = [c for c in checks if c.contradicted]
-    unresolved = sum(c.status == R.NOT_RESOLVED for c in checks)
+    unresolved = sum(c.status == report.NOT_RESOLVED for c in checks)
     print(
         f"{len(checks) - len(contradicted) - unresolved} check(s) hold, {unresolved} not "
         f"resolved, {len(contradicted)} contradicted"

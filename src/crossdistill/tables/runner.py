@@ -1,0 +1,148 @@
+"""Run a table spec: each (row, column) is one Hydra multirun of ``crossdistill-train``
+over the spec's seeds (in parallel with hydra-joblib-launcher when ``jobs > 1``), written
+to ``<table dir>/<row>[/<column>]/<job>``; then the table of the whole dir.
+
+Rows run one after another, the seeds of a row in parallel: a teacher shared by several
+rows (same data, teacher config and seed) is trained by the first row that needs it and
+reused from the pipeline's teacher cache by the others, never trained twice at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from crossdistill.tables.aggregate import SPEC_FILE, cell_dir, load_table
+from crossdistill.tables.collect import find_runs
+from crossdistill.tables.render import write_all
+from crossdistill.tables.spec import Column, Row, TableSpec, load_spec, select_rows, spec_to_dict
+
+QUIET = ["print_config=false", "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false"]
+
+
+def train_command(
+    spec: TableSpec, row: Row, column: Column, sweep_dir: Path, jobs: int,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The ``crossdistill-train -m`` command of one (row, column) over the seeds."""
+    cmd = [
+        sys.executable, "-m", "crossdistill.train", "-m",
+        *row.train_overrides, *column.overrides, *spec.overrides, *extra,
+        "seed=" + ",".join(str(s) for s in spec.seeds),
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.callbacks.multirun_table.enabled=false",  # the runner prints the whole table
+    ]
+    if jobs > 1:
+        cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    return cmd
+
+
+def default_table_dir(spec: TableSpec, overrides: Sequence[str]) -> Path:
+    """``<paths.log_dir>/tables/<spec name>/<date>_<time>`` (``paths.*`` overrides apply)."""
+    from crossdistill.utils.config import compose_config
+
+    cfg = compose_config("train", [o for o in overrides if o.lstrip("+").startswith("paths.")])
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return Path(str(cfg.paths.log_dir)) / "tables" / spec.name / stamp
+
+
+def _finished(sweep_dir: Path, spec: TableSpec) -> bool:
+    """Every seed of this cell already has a finished run (``--out`` of an earlier run)."""
+    if not sweep_dir.is_dir():
+        return False
+    return {r.seed for r in find_runs([sweep_dir]) if not r.failed} >= set(spec.seeds)
+
+
+def _point_latest(table_dir: Path) -> None:
+    latest = table_dir.parent / "latest"
+    with contextlib.suppress(OSError):
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(table_dir.name)
+
+
+def run_spec(
+    name_or_path: str,
+    quick: bool = False,
+    out: Path | None = None,
+    jobs: int | None = None,
+    rows: Sequence[str] | None = None,
+    overrides: Sequence[str] = (),
+    report_only: bool = False,
+    seeds: Sequence[int] | None = None,
+) -> int:
+    """Run every (row, column) of the spec, then write and print the table.
+
+    Returns 0 when every run finished, 1 otherwise (the table shows what finished).
+    """
+    if report_only:
+        if out is None or not (out / SPEC_FILE).is_file():
+            raise FileNotFoundError(f"--report needs --out <table dir> holding {SPEC_FILE}")
+        print(write_all(load_table([out]), out))
+        return 0
+    spec = load_spec(name_or_path, quick=quick)
+    if rows:
+        spec = select_rows(spec, list(rows))
+    if seeds:
+        spec = replace(spec, seeds=tuple(seeds))
+    jobs = jobs or spec.jobs
+    extra = [*QUIET, *overrides]
+    table_dir = (out or default_table_dir(spec, overrides)).absolute()
+    table_dir.mkdir(parents=True, exist_ok=True)  # an existing dir resumes: done cells stay
+    as_run = spec_to_dict(spec)
+    as_run["overrides"] = [*as_run["overrides"], *extra]
+    (table_dir / SPEC_FILE).write_text(yaml.safe_dump(as_run, sort_keys=False, allow_unicode=True))
+    (table_dir / "command.txt").write_text(
+        "crossdistill-table run " + " ".join([
+            name_or_path, *(["--quick"] if quick else []), *(["--rows", *rows] if rows else []),
+            *(["--seeds", *map(str, seeds)] if seeds else []), *overrides,
+        ]) + "\n"
+    )
+    cells = [(r, c) for r in spec.rows for c in spec.columns]
+    print(f"table {spec.name}: {len(spec.rows)} rows x {len(spec.columns)} column(s) x "
+          f"{len(spec.seeds)} seeds, {jobs} run(s) at a time -> {table_dir}", flush=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // jobs)),
+        "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
+        "PYTHONWARNINGS": "ignore",
+    }
+    logs = table_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    t_start = time.time()
+    all_ok = True
+    for i, (row, column) in enumerate(cells, 1):
+        sweep_dir = cell_dir(table_dir, row.name, column.name)
+        log = logs / (sweep_dir.relative_to(table_dir).as_posix().replace("/", "__") + ".log")
+        cmd = train_command(spec, row, column, sweep_dir, jobs, extra)
+        where = f"{row.name} ({column.name})" if column.name else row.name
+        if _finished(sweep_dir, spec):
+            print(f"[{i}/{len(cells)}] {where}: already finished in {sweep_dir}", flush=True)
+            continue
+        t0 = time.time()
+        with open(log, "w") as fh:
+            fh.write(" ".join(cmd) + "\n\n")
+            fh.flush()
+            code = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        done = [r for r in find_runs([sweep_dir]) if not r.failed] if sweep_dir.is_dir() else []
+        ok = code == 0 and len(done) == len(spec.seeds)
+        all_ok &= ok
+        print(f"[{i}/{len(cells)}] {where}: {len(done)}/{len(spec.seeds)} runs finished "
+              f"in {time.time() - t0:.0f} s" + ("" if ok else f", FAILED: see {log}"),
+              flush=True)
+    text = write_all(load_table([table_dir]), table_dir)
+    if out is None:
+        _point_latest(table_dir)
+    print(text)
+    print(f"total {(time.time() - t_start) / 60:.1f} min; table.md, table.csv, "
+          f"table_summary.csv, table.png in {table_dir}; again: crossdistill-table {table_dir}")
+    return 0 if all_ok else 1

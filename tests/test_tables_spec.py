@@ -1,0 +1,214 @@
+"""Table specs (conf/table/*.yaml) and the runner, with a fake crossdistill-train."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crossdistill.tables import runner
+from crossdistill.tables.cli import main
+from crossdistill.tables.spec import available_specs, load_spec, parse_spec, slug
+from crossdistill.utils.config import compose_config
+from test_tables import write_run
+
+
+def test_shipped_specs_parse_and_their_quick_parts_apply():
+    assert {"c2kd", "text_image"} <= set(available_specs())
+    c2kd = load_spec("c2kd")
+    assert c2kd.baseline == "No KD" and c2kd.seeds == (0, 1, 2) and c2kd.jobs == 2
+    assert [r.experiment for r in c2kd.rows][:3] == [
+        "face_voice/no_kd", "face_voice/hard_l2", "face_voice/kd"]
+    keys = [m.key for m in c2kd.metrics]
+    assert {"test/eer_snr10", "test/eer_snr0", "teacher/test/eer"} <= set(keys)
+    quick = load_spec("c2kd", quick=True)
+    assert quick.seeds == (0,) and "trainer.max_epochs=3" in quick.overrides
+    text = load_spec("text_image", quick=True)
+    assert [c.name for c in text.columns] == ["100 %", "25 %", "10 %"]
+    assert "trainer.max_epochs=15" in text.columns[1].overrides  # quick: 3 epochs x 5
+
+
+@pytest.mark.parametrize("name", ["c2kd", "text_image"])
+def test_every_row_and_column_of_a_shipped_spec_composes(name):
+    spec = load_spec(name)
+    for row in spec.rows:
+        for column in spec.columns:
+            cfg = compose_config("train", [*row.train_overrides, *column.overrides,
+                                           *spec.overrides, *runner.QUIET])
+            assert cfg.seed == 0
+
+
+def _steps(cfg, fraction: float) -> int:
+    """Optimiser steps per epoch of the text-image loader on a stratified fraction."""
+    n = int(cfg.data.synth.num_classes) * max(1, round(fraction * cfg.data.synth.train_per_class))
+    return n // int(cfg.data.batch_size) if n > int(cfg.data.batch_size) else 1
+
+
+def test_text_image_columns_match_the_optimiser_steps_of_the_full_data():
+    """The fractions train for about as many steps as the 100 % column (student and
+    teacher alike); the lists must be updated when the data or batch size changes."""
+    cfg = compose_config("train", ["experiment=text_image/c2kd"])
+    for quick in (False, True):
+        spec = load_spec("text_image", quick=quick)
+        epochs = {c.name: dict(o.split("=") for o in c.overrides) for c in spec.columns}
+        full = epochs["100 %"]
+        for column, fraction in (("25 %", 0.25), ("10 %", 0.1)):
+            got = epochs[column]
+            assert float(got["data.train_fraction"]) == fraction
+            scale = _steps(cfg, 1.0) / _steps(cfg, fraction)
+            for key in ("trainer.max_epochs", "teacher.max_epochs"):
+                assert int(got[key]) == math.ceil(int(full[key]) * scale), (quick, column, key)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": 1}, "unknown key(s) ['colour']; valid:"),
+        ({"baseline": "nope"}, "baseline 'nope' is not a row; rows: ['A', 'B']"),
+        ({"seeds": [0, "x"]}, "seeds must be a non-empty list of integers"),
+        ({"jobs": 0}, "jobs must be an integer >= 1, got 0"),
+        ({"paired_metrics": ["test/eer"]}, "paired_metrics ['test/eer'] are not among metrics"),
+        ({"rows": {"A": {"experimnt": "x"}}}, "rows.A: expected a mapping with keys"),
+        ({"metrics": [{"key": "test/acc", "scael": 1}]}, "unknown key(s) ['scael']"),
+    ],
+)
+def test_bad_specs_fail_naming_the_key(change, message):
+    data = {"rows": {"A": {"experiment": "mfh/exp1"}, "B": {"overrides": ["distill=none"]}},
+            "metrics": ["test/acc"], **change}
+    with pytest.raises(ValueError) as err:
+        parse_spec(data, source="my_spec.yaml")
+    assert str(err.value).startswith("my_spec.yaml: ") and message in str(err.value)
+
+
+def test_unknown_spec_lists_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match=r"shipped specs: \[.*'c2kd'"):
+        load_spec("nope")
+
+
+SPEC = {
+    "title": "tiny table",
+    "rows": {"no KD": {"experiment": "mfh/exp1", "overrides": ["distill=none"]},
+             "KD": {"experiment": "mfh/exp1"}},
+    "seeds": [0, 1, 2],
+    "jobs": 2,
+    "metrics": ["test/acc"],
+    "overrides": ["trainer.max_epochs=3"],
+    "column_axis": "overlap",
+    "columns": {"γ=0": ["data.overlap=0"], "γ=1": ["data.overlap=10"]},
+}
+ACC = {("no KD", 0): [0.50, 0.80, 0.65], ("KD", 0): [0.51, 0.78, 0.69],
+       ("no KD", 10): [0.6, 0.6, 0.6], ("KD", 10): [0.7, 0.7, 0.7]}
+
+
+def fake_train(commands: list[list[str]], fail: str | None = None):
+    """Stands in for ``crossdistill-train -m``: writes one run dir per seed of the sweep."""
+    def run(cmd, **kwargs):
+        commands.append(cmd)
+        args = dict(a.split("=", 1) for a in cmd if "=" in a)
+        row = "no KD" if "distill=none" in cmd else "KD"
+        overlap = int(args["data.overlap"])
+        for job, seed in enumerate(int(s) for s in args["seed"].split(",")):
+            failed = fail == row and seed == 2
+            metrics = None if failed else {"test/acc": ACC[(row, overlap)][seed]}
+            overrides = [a for a in cmd if "=" in a and not a.startswith(("hydra", "seed"))]
+            write_run(Path(args["hydra.sweep.dir"]) / str(job), [*overrides, f"seed={seed}"],
+                      metrics)
+        return subprocess.CompletedProcess(cmd, 1 if fail == row else 0)
+    return run
+
+
+def test_runner_runs_each_cell_as_one_multirun_and_writes_the_table(tmp_path, monkeypatch,
+                                                                    capsys):
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC, allow_unicode=True, sort_keys=False))
+    commands: list[list[str]] = []
+    monkeypatch.setattr(runner.subprocess, "run", fake_train(commands))
+    out = tmp_path / "table"
+    assert main(["run", str(spec_file), "--out", str(out), "paths.data_dir=/x"]) == 0
+    assert len(commands) == 4  # 2 rows x 2 columns, each over the 3 seeds
+    first = commands[0]
+    assert first[first.index("-m", 2):][:4] == ["-m", "experiment=mfh/exp1", "distill=none",
+                                                 "data.overlap=0"]
+    assert "seed=0,1,2" in first and "paths.data_dir=/x" in first
+    assert f"hydra.sweep.dir={out / 'no_kd' / slug('γ=0')}" in first
+    assert first[-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    text = (out / "table.md").read_text()
+    assert "| row | test/acc ↑ (γ=0) | test/acc ↑ (γ=1) |" in text
+    assert "| no KD (baseline) | 0.650 ± 0.150 (n=3) | 0.600 ± 0.000 (n=3) |" in text
+    # KD − no KD at γ=0: +0.01, -0.02, +0.04 (t-interval by hand in test_tables.py);
+    # at γ=1: +0.1 on every seed, an interval of zero width: resolved
+    assert "| KD | +0.010 [-0.065, +0.085] (n=3), not resolved | +0.100 [+0.100, +0.100] " \
+           "(n=3), resolved |" in text
+    assert text in capsys.readouterr().out
+    assert main([str(out)]) == 0  # the aggregator alone reads the table dir by its spec
+    assert text in capsys.readouterr().out
+    # an existing table dir resumes: finished cells are not run again
+    assert main(["run", str(spec_file), "--out", str(out)]) == 0
+    assert len(commands) == 4
+
+
+def test_runner_reports_failed_runs_and_still_writes_the_table(tmp_path, monkeypatch, capsys):
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump({**SPEC, "jobs": 1}, allow_unicode=True, sort_keys=False))
+    commands: list[list[str]] = []
+    monkeypatch.setattr(runner.subprocess, "run", fake_train(commands, fail="KD"))
+    out = tmp_path / "table"
+    assert main(["run", str(spec_file), "--out", str(out), "--rows", "KD", "--seeds", "0",
+                 "1", "2"]) == 1
+    assert "hydra/launcher=joblib" not in commands[0]  # one job at a time: basic launcher
+    printed = capsys.readouterr().out
+    assert "KD (γ=0): 2/3 runs finished" in printed and "FAILED: see" in printed
+    text = (out / "table.md").read_text()
+    assert "| KD | 0.645 ± 0.191 (n=2) |" in text  # seeds 0 and 1 of KD at γ=0
+    assert "Failed or unfinished runs (no metrics.json, left out): 2" in text
+
+
+def test_runner_rejects_unknown_rows(tmp_path):
+    assert main(["run", "c2kd", "--rows", "nope", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_runner_end_to_end_with_the_joblib_launcher(tmp_path, capsys):
+    """Two rows x two seeds of MFH exp1, two runs at a time, real training."""
+    spec = {"rows": {"no KD": {"experiment": "mfh/exp1", "overrides": ["distill=none"]},
+                     "KD": {"experiment": "mfh/exp1"}},
+            "seeds": [0, 1], "jobs": 2, "metrics": ["test/acc", "teacher/test/acc"],
+            "overrides": ["trainer.max_epochs=3", "teacher.max_epochs=3",
+                          "callbacks.epoch_progress_bar=null"]}
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "table"
+    assert main(["run", str(spec_file), "--out", str(out), f"paths.log_dir={tmp_path}"]) == 0
+    text = (out / "table.md").read_text()
+    assert "| no KD (baseline) |" in text and "(n=2)" in text
+    assert "| row | Δ test/acc ↑ |" in text  # the teacher metric is not paired by default
+    assert "Joblib.Parallel(n_jobs=2" in (out / "logs" / "kd.log").read_text()
+
+
+@pytest.mark.slow
+def test_text_image_spec_end_to_end_tiny(tmp_path):
+    """Two rows of the shipped text -> image spec on tiny data, two training fractions."""
+    from test_text_image_pipeline import TINY
+
+    spec = yaml.safe_load(Path(load_spec("text_image").source).read_text())
+    spec["rows"] = {"no KD": spec["rows"]["no KD"],
+                    "both (C2KD)": {**spec["rows"]["both (C2KD)"],
+                                    "overrides": ["projection.hidden_dim=8"]}}
+    spec["columns"] = {
+        "100 %": ["data.train_fraction=1.0", "trainer.max_epochs=1", "teacher.max_epochs=1"],
+        "50 %": ["data.train_fraction=0.5", "trainer.max_epochs=2", "teacher.max_epochs=2"],
+    }
+    spec.pop("quick")
+    spec.update(seeds=[0, 1], jobs=1)
+    spec_file = tmp_path / "text_image.yaml"
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    out = tmp_path / "out"
+    tiny = [*TINY[:-2], f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path}"]
+    assert main(["run", str(spec_file), "--out", str(out), *tiny]) == 0
+    text = (out / "table.md").read_text()
+    assert text.count("| both (C2KD) |") == 2  # the results table and the paired table
+    assert "| row | Δ top-1 % ↑ (100 %) | Δ top-1 % ↑ (50 %) |" in text
+    assert "(n=2)" in text and (out / "table.png").stat().st_size > 0
