@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from crossdistill import builders as B
+from crossdistill import builders
 from crossdistill.losses import LossComposer
 from crossdistill.utils import teacher_store
 from crossdistill.utils.config import compose_config
@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg.teacher.cache_features = True
 
     torch.manual_seed(0)
-    dm = B.build_datamodule(cfg)
-    teacher = B.build_teacher_module(cfg, dm)
-    key = teacher_store.teacher_key(cfg, B.data_fingerprint(cfg, dm))
+    dm = builders.build_datamodule(cfg)
+    teacher = builders.build_teacher_module(cfg, dm)
+    key = teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, dm))
     cached = Path(cfg.paths.teacher_cache_dir) / key / "teacher.ckpt"
     if cached.exists():
         teacher_store.load_weights(teacher, cached)
@@ -139,14 +139,14 @@ def main(argv: list[str] | None = None) -> None:
               "the same)")
     loss = LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))
     t0 = time.perf_counter()
-    with_cache = B.build_student_module(cfg, dm, loss, teacher).to(device)
+    with_cache = builders.build_student_module(cfg, dm, loss, teacher).to(device)
     print(f"teacher cache ready in {time.perf_counter() - t0:.1f}s: "
           f"{with_cache.teacher_cache.array_path}")
     torch.manual_seed(0)
-    no_cache = B.build_student_module(cfg, dm, loss, teacher).to(device)
+    no_cache = builders.build_student_module(cfg, dm, loss, teacher).to(device)
     no_cache.teacher_cache = None
     torch.manual_seed(0)
-    student = B.build_student_module(cfg, dm, LossComposer({"ce": {"weight": 1.0}}), None)
+    student = builders.build_student_module(cfg, dm, LossComposer({"ce": {"weight": 1.0}}), None)
     student = student.to(device)
     modes = {"student": student, "distill": no_cache, "distill+cache": with_cache}
     loader = dm.train_dataloader()

@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from crossdistill.analysis.mfh import protocol as P
-from crossdistill.data.generators import gaussian as G
+from crossdistill.analysis.mfh import protocol
+from crossdistill.data.generators import gaussian
 
 
-def fit(lin: nn.Linear, x, y, hp: P.Hyper, teacher_logits=None) -> nn.Linear:
+def fit(lin: nn.Linear, x, y, hp: protocol.Hyper, teacher_logits=None) -> nn.Linear:
     opt = torch.optim.SGD(lin.parameters(), lr=hp.lr)
     kl = nn.KLDivLoss()
     for _ in range(hp.epochs):
@@ -51,9 +51,11 @@ def sequential_vary(layouts, seeds, hp, name, key) -> list[dict]:
     for value, layout in layouts.items():
         for seed in seeds:
             rng = np.random.RandomState(seed)
-            a = G.draw_hyperplane(rng, layout.z_dim, "gaussian")
-            xa, xb, y = map(t, G.sample(layout, hp.n_train, a, rng))
-            txa, txb, ty = map(t, G.sample(layout, hp.n_test, a, np.random.RandomState(seed + 1)))
+            a = gaussian.draw_hyperplane(rng, layout.z_dim, "gaussian")
+            xa, xb, y = map(t, gaussian.sample(layout, hp.n_train, a, rng))
+            txa, txb, ty = map(
+                t, gaussian.sample(layout, hp.n_test, a, np.random.RandomState(seed + 1))
+            )
             torch.manual_seed(seed + 1)  # the authors re-seed torch with the test draw
             teacher, kd, no_kd = (
                 nn.Linear(layout.teacher_dim, 2),
@@ -84,14 +86,14 @@ def sequential_vary(layouts, seeds, hp, name, key) -> list[dict]:
 
 def sequential_table2(seeds, hp) -> list[dict]:
     rows = []
-    for shared, teacher_only in P.TABLE2_SETTINGS:
-        layout = G.modify_gamma_layout(shared, teacher_only, 50, 50)
+    for shared, teacher_only in protocol.TABLE2_SETTINGS:
+        layout = gaussian.modify_gamma_layout(shared, teacher_only, 50, 50)
         a = np.ones(layout.z_dim)
         for seed in seeds:
             rng = np.random.RandomState(seed)
-            xa1, xb1, y1 = map(t, G.sample(layout, hp.n_train, a, rng))
-            txa, txb, ty = map(t, G.sample(layout, hp.n_test, a, rng))
-            xa2, xb2, y2 = map(t, G.sample(layout, hp.n_train, a, rng))
+            xa1, xb1, y1 = map(t, gaussian.sample(layout, hp.n_train, a, rng))
+            txa, txb, ty = map(t, gaussian.sample(layout, hp.n_test, a, rng))
+            xa2, xb2, y2 = map(t, gaussian.sample(layout, hp.n_train, a, rng))
             rand = np.random.RandomState(seed + 10_000).choice(50, shared, replace=False)
             torch.manual_seed(seed)  # initial weights per mode as in protocol.table2
             teacher, no_kd, kd = (nn.Linear(50, 2) for _ in range(3))
@@ -161,22 +163,30 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=100)
     args = p.parse_args()
-    hp = P.Hyper(epochs=args.epochs, n_repeats=args.repeats)
+    hp = protocol.Hyper(epochs=args.epochs, n_repeats=args.repeats)
     seeds, t2_seeds = list(range(args.seeds)), list(range(42, 42 + args.seeds))
 
     start = time.perf_counter()
     batched = pd.concat(
-        [P.experiment1(seeds, hp), P.experiment2(seeds, hp), P.table2(t2_seeds, hp)[0]]
+        [
+            protocol.experiment1(seeds, hp),
+            protocol.experiment2(seeds, hp),
+            protocol.table2(t2_seeds, hp)[0],
+        ]
     )
     t_batched = time.perf_counter() - start
     print(f"batched (stacked) reproduction: {t_batched:.1f} s", flush=True)
 
     start = time.perf_counter()
     rows = sequential_vary(
-        {o: G.gamma_layout(o) for o in P.EXP1_OVERLAPS}, seeds, hp, "exp1", "overlap"
+        {o: gaussian.gamma_layout(o) for o in protocol.EXP1_OVERLAPS}, seeds, hp, "exp1", "overlap"
     )
     rows += sequential_vary(
-        {k: G.alpha_layout(k) for k in P.EXP2_TEACHER_ONLY}, seeds, hp, "exp2", "teacher_only"
+        {k: gaussian.alpha_layout(k) for k in protocol.EXP2_TEACHER_ONLY},
+        seeds,
+        hp,
+        "exp2",
+        "teacher_only",
     )
     rows += sequential_table2(t2_seeds, hp)
     t_seq = time.perf_counter() - start

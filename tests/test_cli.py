@@ -35,9 +35,9 @@ def test_every_experiment_composes(compose_cfg, experiment):
 
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("mfh/")])
 def test_mfh_experiments_build_their_data(compose_cfg, experiment):
-    from crossdistill import builders as B
+    from crossdistill import builders
 
-    dm = B.build_datamodule(compose_cfg(f"experiment={experiment}"))
+    dm = builders.build_datamodule(compose_cfg(f"experiment={experiment}"))
     assert len(dm.datasets["train"]) == 200 and len(dm.datasets["test"]) == 1000
 
 

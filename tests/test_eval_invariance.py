@@ -24,7 +24,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from crossdistill import builders as B
+from crossdistill import builders
 from crossdistill.data.datamodules.verification import VerificationData
 from crossdistill.losses import LossComposer
 from crossdistill.models.speech import EcapaSpeechEncoder
@@ -33,35 +33,64 @@ from crossdistill.modules.verification import VerificationEvaluator
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_ECAPA = dict(n_mels=20, channels=[8, 8, 8, 8, 24], embedding_dim=8,
-                  attention_channels=4, se_channels=4)
+TINY_ECAPA = dict(
+    n_mels=20, channels=[8, 8, 8, 8, 24], embedding_dim=8, attention_channels=4, se_channels=4
+)
 # 3 val + 3 test speakers x 3 videos x 3 utterances of 0.3-1.0 s: lengths differ a lot, so
 # a batch of 32 pads most utterances; 27 utterances per split, so 2 DDP ranks get a
 # DistributedSampler duplicate; 80 trials per split
-DATA = {"n_identities": 10, "n_shared": 2, "n_face_only": 1, "n_voice_only": 1,
-        "videos_per_identity": 3, "utterances_per_video": 3, "frames_per_video": 2,
-        "utt_seconds_min": 0.3, "utt_seconds_max": 1.0, "image_size": 16,
-        "n_val_identities": 3, "n_test_identities": 3, "n_trials": 80, "seed": 5}
+DATA = {
+    "n_identities": 10,
+    "n_shared": 2,
+    "n_face_only": 1,
+    "n_voice_only": 1,
+    "videos_per_identity": 3,
+    "utterances_per_video": 3,
+    "frames_per_video": 2,
+    "utt_seconds_min": 0.3,
+    "utt_seconds_max": 1.0,
+    "image_size": 16,
+    "n_val_identities": 3,
+    "n_test_identities": 3,
+    "n_trials": 80,
+    "seed": 5,
+}
 OVERRIDES = [
     "experiment=face_voice/c2kd",  # projection head: the match_1of* metrics are produced
     *(f"data.generator.{k}={v}" for k, v in DATA.items()),
-    "data.image_size=16", "data.crop_seconds=0.3", "data.batch_size=8",
-    "data.eval_batch_size=32", "data.estimate_snr=false", "teacher.cache_features=false",
+    "data.image_size=16",
+    "data.crop_seconds=0.3",
+    "data.batch_size=8",
+    "data.eval_batch_size=32",
+    "data.estimate_snr=false",
+    "teacher.cache_features=false",
     *(f"student.encoder.{k}={v}".replace(" ", "") for k, v in TINY_ECAPA.items()),
-    "teacher.encoder.channels=[4,8,8,8]", "teacher.encoder.embedding_dim=8",
-    "++projection.hidden_dim=8", "evaluator.matching_k=[2,3]", "logger=[]",
+    "teacher.encoder.channels=[4,8,8,8]",
+    "teacher.encoder.embedding_dim=8",
+    "++projection.hidden_dim=8",
+    "evaluator.matching_k=[2,3]",
+    "logger=[]",
 ]
-METRICS = ("eer", "min_dcf", "eer_snr20", "eer_snr10", "eer_snr0", "min_dcf_snr0",
-           "match_1of2", "match_1of3", "id_acc")
+METRICS = (
+    "eer",
+    "min_dcf",
+    "eer_snr20",
+    "eer_snr10",
+    "eer_snr0",
+    "min_dcf_snr0",
+    "match_1of2",
+    "match_1of3",
+    "id_acc",
+)
 
 
 def build_student(cfg, seed: int = 0):
     """Datamodule + randomly initialised face -> voice student (with teacher + projection)."""
     torch.manual_seed(seed)
-    dm = B.build_datamodule(cfg)
-    teacher = B.build_teacher_module(cfg, dm)
+    dm = builders.build_datamodule(cfg)
+    teacher = builders.build_teacher_module(cfg, dm)
     loss = LossComposer(OmegaConf.to_container(cfg.distill))
-    module = B.build_student_module(cfg, dm, loss, teacher)
+    module = builders.build_student_module(cfg, dm, loss, teacher)
     return dm, module.eval()
 
 
@@ -78,11 +107,17 @@ def evaluate(module, dm, split: str, batch_size: int) -> tuple[dict, torch.Tenso
 
 
 def assert_same_metrics(a: dict, b: dict, split: str, tol: float = 1e-6) -> None:
-    expected = {f"{split}/{m}" for m in METRICS
-                if split == "test" or not m.startswith(("eer_snr", "min_dcf_snr"))}
+    expected = {
+        f"{split}/{m}"
+        for m in METRICS
+        if split == "test" or not m.startswith(("eer_snr", "min_dcf_snr"))
+    }
     assert expected <= set(a) and set(a) == set(b), (sorted(a), sorted(b))
-    diff = {k: (a[k], b[k]) for k in a
-            if not (math.isnan(a[k]) and math.isnan(b[k])) and abs(a[k] - b[k]) > tol}
+    diff = {
+        k: (a[k], b[k])
+        for k in a
+        if not (math.isnan(a[k]) and math.isnan(b[k])) and abs(a[k] - b[k]) > tol
+    }
     assert not diff, diff
 
 
@@ -118,14 +153,17 @@ def test_padded_utterance_embeds_as_alone():
     ev = VerificationEvaluator(_NoData(), noise_snr_db=[], matching_k=[])
     short, long = 0.1 * torch.randn(7_000), 0.1 * torch.randn(12_345)
     padded = torch.zeros(2, long.numel())
-    padded[0, :short.numel()], padded[1] = short, long
+    padded[0, : short.numel()], padded[1] = short, long
     with torch.no_grad():
-        alone = ev.embed(module, {"student_input": short[None],
-                                  "student_lengths": torch.tensor([short.numel()])})
-        batched = ev.embed(module, {"student_input": padded,
-                                    "student_lengths": torch.tensor([7_000, 12_345])})
-        long_alone = ev.embed(module, {"student_input": long[None],
-                                       "student_lengths": torch.tensor([long.numel()])})
+        alone = ev.embed(
+            module, {"student_input": short[None], "student_lengths": torch.tensor([short.numel()])}
+        )
+        batched = ev.embed(
+            module, {"student_input": padded, "student_lengths": torch.tensor([7_000, 12_345])}
+        )
+        long_alone = ev.embed(
+            module, {"student_input": long[None], "student_lengths": torch.tensor([long.numel()])}
+        )
     torch.testing.assert_close(batched[0], alone[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(batched[1], long_alone[0], rtol=0, atol=1e-6)
 
@@ -169,7 +207,11 @@ def test_metrics_same_on_one_process_and_two_ddp_ranks(tiny_student, tmp_path):
         out = tmp_path / f"devices{devices}"
         proc = subprocess.run(
             [sys.executable, __file__, str(cfg_path), str(ckpt), str(out), str(devices)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         assert proc.returncode == 0, proc.stderr[-4000:]
         ranks = sorted(out.glob("rank*.json"))
@@ -190,14 +232,21 @@ def _worker(cfg_path: str, ckpt: str, out: str, devices: int) -> None:
     dm, module = build_student(cfg)
     module.load_state_dict(torch.load(ckpt, weights_only=True))
     trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
-        logger=False, enable_checkpointing=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
         enable_progress_bar=False,
     )
     trainer.validate(module, datamodule=dm)
     trainer.test(module, datamodule=dm)
-    result = {"world_size": trainer.world_size, "val": module.evaluator.last["val"],
-              "test": module.evaluator.last["test"]}
+    result = {
+        "world_size": trainer.world_size,
+        "val": module.evaluator.last["val"],
+        "test": module.evaluator.last["test"],
+    }
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"rank{trainer.global_rank}.json").write_text(json.dumps(result))
 

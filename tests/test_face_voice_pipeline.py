@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
-from crossdistill import builders as B
+from crossdistill import builders
 from crossdistill.data.datamodules.verification import VerificationData
 from crossdistill.data.readers.voxceleb.layout import Utterance
 from crossdistill.data.readers.voxceleb.trials import Trial
@@ -28,6 +28,8 @@ torch.set_num_threads(1)
 EXPERIMENTS = sorted(
     f"face_voice/{p.stem}" for p in (CONFIG_DIR / "experiment" / "face_voice").glob("*.yaml")
 )
+
+
 # --------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_face_voice_experiments_compose(compose_cfg, experiment):
@@ -37,17 +39,32 @@ def test_face_voice_experiments_compose(compose_cfg, experiment):
     assert cfg.teacher.evaluator._target_.endswith("VerificationEvaluator")
     assert cfg.data._target_.endswith("FaceVoiceDataModule") and "face_voice" in cfg.tags
     loss = LossComposer(OmegaConf.to_container(cfg.distill))
-    if B.loss_needs_teacher(loss) and "teacher_embedding" in loss.required_fields:
-        assert B.is_enabled(cfg.projection)  # teacher 64-d, student 32-d
-    assert set(EXPERIMENTS) >= {f"face_voice/{r}" for r in (
-        "no_kd", "hard_l2", "kd", "rkd", "feature_margin", "shared_classifier", "c2kd",
-        "c2kd_quality", "weak_teacher")}
+    if builders.loss_needs_teacher(loss) and "teacher_embedding" in loss.required_fields:
+        assert builders.is_enabled(cfg.projection)  # teacher 64-d, student 32-d
+    assert set(EXPERIMENTS) >= {
+        f"face_voice/{r}"
+        for r in (
+            "no_kd",
+            "hard_l2",
+            "kd",
+            "rkd",
+            "feature_margin",
+            "shared_classifier",
+            "c2kd",
+            "c2kd_quality",
+            "weak_teacher",
+        )
+    }
 
 
 def test_model_configs_have_training_keys(compose_cfg):
-    for group, name in (("teacher", "timm_image"), ("student", "timm_image"),
-                        ("student", "ecapa"), ("student", "ecapa_tiny"),
-                        ("teacher", "timm_face")):
+    for group, name in (
+        ("teacher", "timm_image"),
+        ("student", "timm_image"),
+        ("student", "ecapa"),
+        ("student", "ecapa_tiny"),
+        ("teacher", "timm_face"),
+    ):
         cfg = compose_cfg(f"{group}={name}")
         node = cfg[group]
         assert node.optimizer._partial_ and "scheduler" in node, (group, name)
@@ -73,8 +90,11 @@ def _fake_setup(n_spk=5, per_spk=4, dim=6, n_trials=40, seed=0):
     centres = torch.randn(n_spk, dim, generator=g)
     labels = torch.arange(n_spk).repeat_interleave(per_spk)
     emb = centres[labels] + 0.9 * torch.randn(len(labels), dim, generator=g)
-    items = [Utterance(f"id{s}/v{j % 2}/{j}.wav", f"id{s}", f"v{j % 2}")
-             for s in range(n_spk) for j in range(per_spk)]
+    items = [
+        Utterance(f"id{s}/v{j % 2}/{j}.wav", f"id{s}", f"v{j % 2}")
+        for s in range(n_spk)
+        for j in range(per_spk)
+    ]
     paths = [u.path for u in items]
     trials = []
     for _ in range(n_trials):
@@ -105,7 +125,7 @@ def _no_teacher(batch):
 
 def _run_evaluator(evaluator, module, emb, labels, order, batch_size=3, split="val"):
     for start in range(0, len(order), batch_size):
-        idx = torch.tensor(order[start:start + batch_size])
+        idx = torch.tensor(order[start : start + batch_size])
         batch = {"student_input": idx[:, None].float(), "index": idx, "label": labels[idx]}
         evaluator.step(module, batch, split)
     return evaluator.compute(split)
@@ -123,7 +143,8 @@ def test_evaluator_eer_matches_metrics_on_known_embeddings():
     trial_labels = torch.tensor([t.label for t in trials])
     assert got["val/eer"] == pytest.approx(compute_eer(scores, trial_labels)[0], abs=1e-6)
     assert got["val/min_dcf"] == pytest.approx(
-        compute_min_dcf(scores, trial_labels, p_target=0.01)[0], abs=1e-6)
+        compute_min_dcf(scores, trial_labels, p_target=0.01)[0], abs=1e-6
+    )
     assert "val/match_1of2" not in got  # no teacher in this module
     assert 0.0 <= got["val/id_acc"] <= 1.0
 
@@ -140,8 +161,9 @@ def test_evaluator_eer_matches_metrics_on_known_embeddings():
     sub = [t for t in trials if paths.index(t.enroll) in seen and paths.index(t.test) in seen]
     sub_labels = torch.tensor([t.label for t in sub])
     if sub and 0 < int(sub_labels.sum()) < len(sub):
-        ref = compute_eer(cosine_scores({p: emb[i] for i, p in enumerate(paths)}, sub),
-                          sub_labels)[0]
+        ref = compute_eer(cosine_scores({p: emb[i] for i, p in enumerate(paths)}, sub), sub_labels)[
+            0
+        ]
         assert got["val/eer"] == pytest.approx(ref, abs=1e-6)
 
 
@@ -172,8 +194,16 @@ def test_evaluator_matching_uses_projected_teacher_faces():
     module = Module()
     for start in range(0, len(paths), 5):
         idx = torch.arange(start, min(start + 5, len(paths)))
-        ev.step(module, {"student_input": idx[:, None].float(), "index": idx,
-                         "label": labels[idx], "teacher_input": face_in[idx]}, "test")
+        ev.step(
+            module,
+            {
+                "student_input": idx[:, None].float(),
+                "index": idx,
+                "label": labels[idx],
+                "teacher_input": face_in[idx],
+            },
+            "test",
+        )
     got = ev.compute("test")
     assert got["test/match_1of2"] == 1.0 and got["test/match_1of5"] == 1.0
     assert "test/match_1of7" not in got  # only 6 speakers
@@ -228,10 +258,10 @@ def test_teacher_trains_with_face_verification_and_is_reused(tiny_dm_cfg, tmp_pa
 
 def test_cached_teacher_features_equal_computed(tiny_dm_cfg):
     cfg = tiny_dm_cfg("face_voice/c2kd", "quality=feature_norm")
-    dm = B.build_datamodule(cfg)
-    teacher = B.build_teacher_module(cfg, dm)
+    dm = builders.build_datamodule(cfg)
+    teacher = builders.build_teacher_module(cfg, dm)
     loss = LossComposer(OmegaConf.to_container(cfg.distill))
-    module = B.build_student_module(cfg, dm, loss, teacher)
+    module = builders.build_student_module(cfg, dm, loss, teacher)
     assert isinstance(module, DistillModule) and module.teacher_cache is not None
     batch = next(iter(dm.train_dataloader()))
     module.train()
@@ -248,20 +278,20 @@ def test_cached_teacher_features_equal_computed(tiny_dm_cfg):
     module.loss_inputs(batch)
 
     # a second build with the same teacher/data reuses the published file
-    again = B.build_teacher_cache(cfg, dm, teacher)
+    again = builders.build_teacher_cache(cfg, dm, teacher)
     assert again.array_path == module.teacher_cache.array_path
 
 
 def test_cache_refused_for_random_teacher_input(tiny_dm_cfg):
     cfg = tiny_dm_cfg("face_voice/c2kd", "data.train_face_frame=random")
-    dm = B.build_datamodule(cfg)
-    teacher = B.build_teacher_module(cfg, dm)
+    dm = builders.build_datamodule(cfg)
+    teacher = builders.build_teacher_module(cfg, dm)
     with pytest.raises(ValueError, match="train_face_frame=per_index"):
-        B.build_teacher_cache(cfg, dm, teacher)
+        builders.build_teacher_cache(cfg, dm, teacher)
 
 
 def test_per_index_face_is_deterministic(tiny_dm_cfg):
-    dm = B.build_datamodule(tiny_dm_cfg("face_voice/c2kd"))
+    dm = builders.build_datamodule(tiny_dm_cfg("face_voice/c2kd"))
     ds = dm.datasets["train"]
     assert dm.teacher_input_fixed_per_index
     for i in (0, 1, len(ds) - 1):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crossdistill.data.datamodules.gaussian import GaussianMFHDataModule
-from crossdistill.data.generators import gaussian as G
+from crossdistill.data.generators import gaussian
 
 
 def authors_exp1(seed: int, overlap: int, n: int):
@@ -51,10 +51,10 @@ def _assert_same(got, expected):
 @pytest.mark.parametrize(("shared", "teacher_only"), [(10, 10), (5, 15)])
 def test_table2_draws_match_the_authors(shared, teacher_only):
     """Train, test and student-stage draws of the reproducer's Table 2 are the authors'."""
-    layout = G.modify_gamma_layout(shared, teacher_only)
-    a = G.draw_hyperplane(np.random.RandomState(0), layout.z_dim, "ones")
+    layout = gaussian.modify_gamma_layout(shared, teacher_only)
+    a = gaussian.draw_hyperplane(np.random.RandomState(0), layout.z_dim, "ones")
     rng = np.random.RandomState(44)
-    ours = [G.sample(layout, size, a, rng) for size in (64, 128, 64)]
+    ours = [gaussian.sample(layout, size, a, rng) for size in (64, 128, 64)]
     for got, expected in zip(ours, authors_table2(44, shared, teacher_only, 64, 128), strict=True):
         _assert_same(got, expected)
 
@@ -80,25 +80,29 @@ def test_table2_datamodule_draws_in_the_authors_order():
 
 
 def test_draw_order_is_explicit():
-    assert G.gamma_layout(4).draw_order == G.alpha_layout(10).draw_order == G.STUDENT_FIRST
-    assert G.modify_gamma_layout(10).draw_order == G.TEACHER_FIRST
+    assert (
+        gaussian.gamma_layout(4).draw_order
+        == gaussian.alpha_layout(10).draw_order
+        == gaussian.STUDENT_FIRST
+    )
+    assert gaussian.modify_gamma_layout(10).draw_order == gaussian.TEACHER_FIRST
     # the Table-2 layout can be drawn in the experiment-1/2 order when asked for
-    layout = G.modify_gamma_layout(10, 10, draw_order=G.STUDENT_FIRST)
+    layout = gaussian.modify_gamma_layout(10, 10, draw_order=gaussian.STUDENT_FIRST)
     a = np.ones(layout.z_dim)
-    x_a, x_b, _ = G.sample(layout, 8, a, np.random.RandomState(1))
+    x_a, x_b, _ = gaussian.sample(layout, 8, a, np.random.RandomState(1))
     rng = np.random.RandomState(1)
     rng.randn(8, 20)
     np.testing.assert_allclose(x_b[:, 10:], rng.randn(8, 50)[:, 10:], rtol=1e-6)
     with pytest.raises(ValueError, match="draw_order must be"):
-        G.modify_gamma_layout(10, 10, draw_order=("x_a", "x_a"))
+        gaussian.modify_gamma_layout(10, 10, draw_order=("x_a", "x_a"))
 
 
 @pytest.mark.parametrize("overlap", [0, 4, 10])
 def test_exp1_layout_matches_protocol(overlap):
-    layout = G.gamma_layout(overlap)
+    layout = gaussian.gamma_layout(overlap)
     rng = np.random.RandomState(3)
-    a = G.draw_hyperplane(rng, layout.z_dim)
-    x_a, x_b, y = G.sample(layout, 64, a, rng)
+    a = gaussian.draw_hyperplane(rng, layout.z_dim)
+    x_a, x_b, y = gaussian.sample(layout, 64, a, rng)
     ea, eb, ey = authors_exp1(3, overlap, 64)
     np.testing.assert_allclose(x_a, ea, rtol=1e-6)
     np.testing.assert_allclose(x_b, eb, rtol=1e-6)
@@ -107,7 +111,7 @@ def test_exp1_layout_matches_protocol(overlap):
 
 
 def test_gammas_of_the_three_experiments():
-    assert [round(G.gamma_layout(o).gamma, 2) for o in (0, 2, 4, 6, 8, 10)] == [
+    assert [round(gaussian.gamma_layout(o).gamma, 2) for o in (0, 2, 4, 6, 8, 10)] == [
         0.0,
         0.11,
         0.25,
@@ -115,16 +119,22 @@ def test_gammas_of_the_three_experiments():
         0.67,
         1.0,
     ]
-    assert [G.alpha_layout(k).gamma for k in (0, 10, 20, 30, 40)] == [1.0, 0.5, 1 / 3, 0.25, 0.2]
-    layout = G.modify_gamma_layout(5, 15)
+    assert [gaussian.alpha_layout(k).gamma for k in (0, 10, 20, 30, 40)] == [
+        1.0,
+        0.5,
+        1 / 3,
+        0.25,
+        0.2,
+    ]
+    layout = gaussian.modify_gamma_layout(5, 15)
     assert layout.gamma == 0.25 and layout.z_dim == 20
 
 
 def test_alpha_and_table2_columns_hold_z():
-    for layout in (G.alpha_layout(20), G.modify_gamma_layout(10, 10)):
+    for layout in (gaussian.alpha_layout(20), gaussian.modify_gamma_layout(10, 10)):
         rng = np.random.RandomState(0)
-        a = G.draw_hyperplane(rng, layout.z_dim, "ones")
-        x_a, x_b, y = G.sample(layout, 500, a, rng)
+        a = gaussian.draw_hyperplane(rng, layout.z_dim, "ones")
+        x_a, x_b, y = gaussian.sample(layout, 500, a, rng)
         cols = [d for d, _ in layout.teacher_cols]
         # when x_a holds every decisive dim, its columns give y exactly
         if len(cols) == layout.z_dim:
@@ -137,11 +147,11 @@ def test_alpha_and_table2_columns_hold_z():
 
 def test_impossible_settings_fail_clearly():
     with pytest.raises(ValueError, match="0 <= overlap <= 10"):
-        G.gamma_layout(11)
+        gaussian.gamma_layout(11)
     with pytest.raises(ValueError, match="teacher modality has 15 dims.*column 1[5-9]"):
-        G.gamma_layout(0, teacher_dim=15)
+        gaussian.gamma_layout(0, teacher_dim=15)
     with pytest.raises(ValueError, match="student modality has 5 dims"):
-        G.modify_gamma_layout(10, 10, student_dim=5)
+        gaussian.modify_gamma_layout(10, 10, student_dim=5)
     with pytest.raises(ValueError, match="data.layout must be one of"):
         GaussianMFHDataModule(layout="beta")
     with pytest.raises(ValueError, match="teacher_columns \\[60\\] out of range"):

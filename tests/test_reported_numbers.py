@@ -13,7 +13,7 @@ from omegaconf import open_dict
 from PIL import Image
 from torch import nn
 
-from crossdistill import builders as B
+from crossdistill import builders
 from crossdistill.losses import LossComposer
 from crossdistill.models.heads import (
     AdditiveAngularMarginClassifier,
@@ -137,15 +137,15 @@ def _overwrite_faces(root: Path) -> int:
 
 def test_changed_face_images_invalidate_teacher_and_feature_caches(tiny_face_voice):
     cfg = tiny_face_voice("face_voice/c2kd")
-    dm = B.build_datamodule(cfg)
-    teacher = B.build_teacher_module(cfg, dm)
-    key = teacher_store.teacher_key(cfg, B.data_fingerprint(cfg, dm))
-    cache = B.build_teacher_cache(cfg, dm, teacher)
+    dm = builders.build_datamodule(cfg)
+    teacher = builders.build_teacher_module(cfg, dm)
+    key = teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, dm))
+    cache = builders.build_teacher_cache(cfg, dm, teacher)
     assert _overwrite_faces(Path(dm.input_paths()[0])) > 0
 
-    dm2 = B.build_datamodule(cfg)  # the same config over the changed files
-    assert teacher_store.teacher_key(cfg, B.data_fingerprint(cfg, dm2)) != key
-    cache2 = B.build_teacher_cache(cfg, dm2, teacher)
+    dm2 = builders.build_datamodule(cfg)  # the same config over the changed files
+    assert teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, dm2)) != key
+    cache2 = builders.build_teacher_cache(cfg, dm2, teacher)
     assert cache2.array_path != cache.array_path
     batch = next(iter(torch.utils.data.DataLoader(dm2.datasets["train"], batch_size=4)))
     with torch.no_grad():

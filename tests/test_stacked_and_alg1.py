@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from crossdistill.analysis.algorithm1 import permutation_scores, recovery_rate, top_channels
-from crossdistill.analysis.mfh import protocol as P
+from crossdistill.analysis.mfh import protocol
 from crossdistill.analysis.stacked import StackedLinear, composer_loss, train_full_batch
-from crossdistill.data.generators import gaussian as G
+from crossdistill.data.generators import gaussian
 
 
 def plain_train(lin: nn.Linear, x, y, epochs, lr, teacher_logits=None):
@@ -45,7 +45,9 @@ def test_stacked_training_equals_one_by_one_including_padding_and_kd():
         x[i, :, : xi.shape[1]] = xi
     y = torch.stack(ys)
     stacked = StackedLinear.from_linears(linears)
-    train_full_batch(stacked, x, composer_loss(P.kd_composer(), y, t_logits), epochs=40, lr=0.1)
+    train_full_batch(
+        stacked, x, composer_loss(protocol.kd_composer(), y, t_logits), epochs=40, lr=0.1
+    )
     for i, lin in enumerate(linears):
         plain_train(lin, xs[i], ys[i], 40, 0.1, t_logits[i])
         d = dims[i]
@@ -56,7 +58,7 @@ def test_stacked_training_equals_one_by_one_including_padding_and_kd():
 
 def test_lightning_teacher_matches_plain_loop(compose_cfg):
     """The CLI path (Lightning, Hydra) trains exactly the model the protocol describes."""
-    from crossdistill import builders as B
+    from crossdistill import builders
 
     cfg = compose_cfg(
         "experiment=mfh/exp1",
@@ -67,13 +69,13 @@ def test_lightning_teacher_matches_plain_loop(compose_cfg):
         "+trainer.enable_progress_bar=false",
         "trainer.check_val_every_n_epoch=1000",
     )
-    dm = B.build_datamodule(cfg)
+    dm = builders.build_datamodule(cfg)
     torch.manual_seed(5)
-    teacher = B.build_teacher_module(cfg, dm)
+    teacher = builders.build_teacher_module(cfg, dm)
     init = teacher.classifier.fc
     ref = nn.Linear(init.in_features, 2)
     ref.load_state_dict(init.state_dict())
-    trainer = B.build_trainer(cfg, max_epochs=25, logger=False, enable_checkpointing=False)
+    trainer = builders.build_trainer(cfg, max_epochs=25, logger=False, enable_checkpointing=False)
     trainer.fit(teacher, datamodule=dm)
     x, y = dm.datasets["train"].x_a, dm.datasets["train"].y
     plain_train(ref, x, y, 25, 0.1)
@@ -82,13 +84,13 @@ def test_lightning_teacher_matches_plain_loop(compose_cfg):
 
 def test_algorithm1_recovers_planted_shared_channels():
     """Joint training + permutation scores rank the truly shared x_a columns first."""
-    hp = P.Hyper(epochs=300, n_repeats=10)
-    layout = G.modify_gamma_layout(shared=8, teacher_only=10)
+    hp = protocol.Hyper(epochs=300, n_repeats=10)
+    layout = gaussian.modify_gamma_layout(shared=8, teacher_only=10)
     xs_a, xs_b, ys, t_init, s_init = [], [], [], [], []
     for seed in range(4):
         rng = np.random.RandomState(seed)
-        a = G.draw_hyperplane(rng, layout.z_dim, "ones")
-        x_a, x_b, y = G.sample(layout, 400, a, rng)
+        a = gaussian.draw_hyperplane(rng, layout.z_dim, "ones")
+        x_a, x_b, y = gaussian.sample(layout, 400, a, rng)
         xs_a.append(x_a)
         xs_b.append(x_b)
         ys.append(y)
@@ -97,7 +99,7 @@ def test_algorithm1_recovers_planted_shared_channels():
         s_init.append(nn.Linear(50, 2))
     xa, xb = torch.tensor(np.stack(xs_a)), torch.tensor(np.stack(xs_b))
     y = torch.tensor(np.stack(ys))
-    jt, js = P.joint_train(
+    jt, js = protocol.joint_train(
         xa, xb, y, StackedLinear.from_linears(t_init), StackedLinear.from_linears(s_init), hp
     )
     with torch.no_grad():

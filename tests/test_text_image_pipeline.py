@@ -20,8 +20,14 @@ from crossdistill.utils.config import CONFIG_DIR
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment" / "text_image").glob("*.yaml"))
 METHODS = [e for e in EXPERIMENTS if e != "base"]
-NEEDS_PROJECTION = {"hard_l2", "feature_margin", "shared_classifier", "c2kd", "c2kd_quality",
-                    "poor_teacher"}
+NEEDS_PROJECTION = {
+    "hard_l2",
+    "feature_margin",
+    "shared_classifier",
+    "c2kd",
+    "c2kd_quality",
+    "poor_teacher",
+}
 
 # tiny data and models: every stage runs in about a second
 TINY = [
@@ -50,8 +56,16 @@ def _tiny(name: str) -> list[str]:
 
 # ---------------------------------------------------------------------- configs
 def test_all_rows_have_an_experiment():
-    assert set(METHODS) == {"no_kd", "kd", "hard_l2", "feature_margin", "shared_classifier",
-                            "c2kd", "c2kd_quality", "poor_teacher"}
+    assert set(METHODS) == {
+        "no_kd",
+        "kd",
+        "hard_l2",
+        "feature_margin",
+        "shared_classifier",
+        "c2kd",
+        "c2kd_quality",
+        "poor_teacher",
+    }
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -85,8 +99,14 @@ def test_poor_teacher_differs_only_in_caption_informativeness(compose_cfg):
 
 
 def test_independent_captions_keep_images_across_informativeness(tmp_path):
-    size = dict(num_classes=3, train_per_class=6, val_per_class=2, test_per_class=2,
-                image_size=16, independent_captions=True)
+    size = dict(
+        num_classes=3,
+        train_per_class=6,
+        val_per_class=2,
+        test_per_class=2,
+        image_size=16,
+        independent_captions=True,
+    )
     good = generate_synth_captions(tmp_path, informativeness=1.0, **size)
     poor = generate_synth_captions(tmp_path, informativeness=0.0, **size)
     assert good != poor
@@ -96,8 +116,11 @@ def test_independent_captions_keep_images_across_informativeness(tmp_path):
         for png in pngs:
             assert png.read_bytes() == (poor / split / "images" / png.name).read_bytes()
         rows_g, rows_p = (
-            [json.loads(line) for line in (root / split / "captions.jsonl").read_text().split("\n")
-             if line]
+            [
+                json.loads(line)
+                for line in (root / split / "captions.jsonl").read_text().split("\n")
+                if line
+            ]
             for root in (good, poor)
         )
         assert [r["label"] for r in rows_g] == [r["label"] for r in rows_p]
@@ -123,15 +146,15 @@ def test_fast_dev_run(compose_cfg, name):
 
 
 def test_modules_are_wired(compose_cfg):
-    from crossdistill import builders as B
+    from crossdistill import builders
     from crossdistill.losses import LossComposer
 
     cfg = compose_cfg(*_tiny("c2kd_quality"))
-    dm = B.build_datamodule(cfg)
-    teacher = B.build_teacher_module(cfg, dm)
+    dm = builders.build_datamodule(cfg)
+    teacher = builders.build_teacher_module(cfg, dm)
     assert teacher.encoder.vocab_size == dm.vocab_size
     loss = LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))
-    module = B.build_student_module(cfg, dm, loss, teacher)
+    module = builders.build_student_module(cfg, dm, loss, teacher)
     assert isinstance(module, DistillModule) and isinstance(module.projection, ProjectionHead)
     batch = next(iter(dm.train_dataloader()))
     inputs = module.loss_inputs(batch)
@@ -139,7 +162,7 @@ def test_modules_are_wired(compose_cfg):
     assert inputs.teacher_embedding.shape == inputs.student_embedding.shape
     no_kd = compose_cfg(*_tiny("no_kd"))
     loss = LossComposer(OmegaConf.to_container(no_kd.distill, resolve=True))
-    student = B.build_student_module(no_kd, dm, loss, None)
+    student = builders.build_student_module(no_kd, dm, loss, None)
     assert type(student) is StudentModule
 
 

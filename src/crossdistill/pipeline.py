@@ -18,7 +18,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.seed import isolate_rng
 
-from crossdistill import builders as B
+from crossdistill import builders
 from crossdistill.losses import LossComposer
 from crossdistill.modules import TeacherModule
 from crossdistill.utils import teacher_store
@@ -30,7 +30,7 @@ log = logging.getLogger("crossdistill")
 
 
 def _callbacks(cfg: DictConfig, stage_dir: Path) -> list[pl.Callback]:
-    callbacks = B.build_callbacks(cfg)
+    callbacks = builders.build_callbacks(cfg)
     for cb in callbacks:
         if isinstance(cb, pl.callbacks.ModelCheckpoint):
             cb.dirpath = str(stage_dir / "checkpoints")
@@ -66,10 +66,10 @@ def fit_and_test(
 
     The stage logs to the configured loggers (``builders.build_loggers(cfg, stage)``), the
     resolved config as their hyperparameters; its W&B run ends with the stage."""
-    trainer = B.build_trainer(
+    trainer = builders.build_trainer(
         cfg,
         callbacks=_callbacks(cfg, stage_dir),
-        logger=B.build_loggers(cfg, stage) or False,
+        logger=builders.build_loggers(cfg, stage) or False,
         **trainer_kw,
     )
     try:
@@ -87,12 +87,12 @@ def fit_and_test(
 
 def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherModule, dict]:
     """Load ``teacher.ckpt_path``, reuse a cached teacher, or train one into ``run_dir``."""
-    teacher = B.build_teacher_module(cfg, datamodule)
+    teacher = builders.build_teacher_module(cfg, datamodule)
     if cfg.teacher.get("ckpt_path"):
         teacher_store.load_weights(teacher, cfg.teacher.ckpt_path)
         log.info("teacher loaded from %s", cfg.teacher.ckpt_path)
         return teacher, {}
-    key = teacher_store.teacher_key(cfg, B.data_fingerprint(cfg, datamodule))
+    key = teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, datamodule))
     cached = Path(cfg.paths.teacher_cache_dir) / key / "teacher.ckpt"
     if cfg.teacher.get("reuse", True) and cached.exists() and not cfg.trainer.get("fast_dev_run"):
         teacher_store.load_weights(teacher, cached)
@@ -123,14 +123,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
 
     loss = LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))
-    datamodule = B.build_datamodule(cfg)
+    datamodule = builders.build_datamodule(cfg)
     teacher, teacher_metrics = None, {}
-    if B.loss_needs_teacher(loss):
+    if builders.loss_needs_teacher(loss):
         with isolate_rng():  # trained or reused, the teacher leaves the streams as they were
             teacher, teacher_metrics = obtain_teacher(cfg, datamodule, run_dir)
     # the student's streams start here, whatever ran before (data generation, teacher)
     pl.seed_everything(cfg.seed, workers=True)
-    module = B.build_student_module(cfg, datamodule, loss, teacher)
+    module = builders.build_student_module(cfg, datamodule, loss, teacher)
 
     metrics, ckpt = fit_and_test(cfg, module, datamodule, run_dir, resume_from=cfg.get("ckpt_path"))
     summary = {

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms as T
+from torchvision import transforms
 
 from crossdistill.data.datamodules.base import PairedDataModule, Side, Split, check_side
 from crossdistill.data.generators.synth_captions import SynthCaptionsParams, generate_synth_captions
@@ -281,11 +281,11 @@ class TextImageDataModule(PairedDataModule):
         ops: list[Callable] = [_ResizeIfNeeded(self.image_size)]
         if train and self.augment:
             if self.crop_padding > 0:
-                ops.append(T.RandomCrop(self.image_size, padding=self.crop_padding))
+                ops.append(transforms.RandomCrop(self.image_size, padding=self.crop_padding))
             if self.hflip:
-                ops.append(T.RandomHorizontalFlip())
-        ops += [T.ToTensor(), T.Normalize(self.mean, self.std)]
-        return T.Compose(ops)
+                ops.append(transforms.RandomHorizontalFlip())
+        ops += [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
+        return transforms.Compose(ops)
 
     # ---------------------------------------------------------------- loading
     def prepare_data(self) -> None:
@@ -414,7 +414,7 @@ class _ResizeIfNeeded:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.op = T.Compose([T.Resize(size), T.CenterCrop(size)])
+        self.op = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size)])
 
     def __call__(self, img):
         return img if img.size == (self.size, self.size) else self.op(img)

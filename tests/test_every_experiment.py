@@ -1,0 +1,45 @@
+"""Every shipped experiment config runs end to end under ``debug=fast_dev_run`` on its own
+data sizes (one batch of teacher and student training, validation and test). Slow: the
+built-in face -> voice data are generated once at full size (minutes on 2 cores)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from crossdistill.pipeline import train
+from crossdistill.utils.config import CONFIG_DIR, CONFIG_PACKAGE
+
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONFIG_DIR / "experiment").with_suffix(""))
+    for p in (CONFIG_DIR / "experiment").rglob("*.yaml")
+)
+
+
+@pytest.fixture(scope="module")
+def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data dir for all experiments: each built-in dataset is generated once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_fast_dev_run(experiment: str, shared_data_dir: Path, tmp_path: Path):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", "debug=fast_dev_run"])
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.data_dir = str(shared_data_dir)
+        cfg.paths.teacher_cache_dir = str(tmp_path / "teachers")
+        cfg.print_config = False
+        cfg.logger = {}
+    summary = train(cfg)
+    assert summary["student"], f"{experiment}: no student metrics"
+    assert (tmp_path / "run" / "metrics.json").exists()
