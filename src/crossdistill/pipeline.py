@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.seed import isolate_rng
 
 from crossdistill import builders
 from crossdistill.losses import LossComposer
 from crossdistill.modules import TeacherModule
+from crossdistill.sweeps.ddp_children import children_run_this_job
+from crossdistill.sweeps.status import FAILED, OK, JobStatus, error_line, write_status
 from crossdistill.utils import teacher_store
 from crossdistill.utils.config import print_config_tree, save_resolved_config
 from crossdistill.utils.loggers import STUDENT, TEACHER, finish_runs, log_config
@@ -149,9 +153,43 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_task(cfg: DictConfig) -> float | None:
-    """Run ``train``; always close wandb, even on a crash; return the optimised metric."""
+    """Run ``train``; always close wandb, even on a crash; return the optimised metric.
+
+    A single run raises its error (non-zero exit). Inside a multirun the job never stops
+    the sweep: its error goes to the job's log, ``status.json`` in the job dir records it
+    (see :mod:`crossdistill.sweeps.status`) and the job returns None; the sweep's summary
+    and exit code come from :class:`crossdistill.tables.callback.MultirunTable`.
+    """
+    if not in_multirun():
+        return _optimized_metric(cfg, _train_and_close_wandb(cfg))
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = train(cfg)
+        with children_run_this_job():  # DDP ranks 1.. re-run this job, not the sweep
+            summary = _train_and_close_wandb(cfg)
+    except Exception as error:  # noqa: BLE001 - one failed job never stops the sweep
+        log.exception("job failed; the sweep goes on (job dir %s)", job_dir)
+        _write_job_status(job_dir, FAILED, error_line(error))
+        return None
+    _write_job_status(job_dir, OK)
+    return _optimized_metric(cfg, summary)
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _write_job_status(job_dir: Path, status: str, error: str = "") -> None:
+    if pl.utilities.rank_zero_only.rank != 0:  # SLURM ranks run the job each: one writer
+        return
+    hydra_cfg = HydraConfig.get()
+    job = hydra_cfg.job.get("num")
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    write_status(job_dir, JobStatus(job, overrides, status, error, str(job_dir)))
+
+
+def _train_and_close_wandb(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return train(cfg)
     finally:
         try:
             import wandb
@@ -160,6 +198,9 @@ def run_task(cfg: DictConfig) -> float | None:
                 wandb.finish()
         except ImportError:  # pragma: no cover
             pass
+
+
+def _optimized_metric(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
     name = cfg.get("optimized_metric", "val/acc")
     value = summary["student"].get(name)
     if value is None:
