@@ -18,7 +18,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import crossdistill
 from crossdistill.pipeline import run_task
@@ -228,3 +229,67 @@ def test_ddp_cpu_in_a_multirun_runs_each_job_once(tmp_path: Path):
         log_text = (sweep_dir / job / "mfh_exp1.log").read_text()
         assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log_text
     assert collect_statuses(sweep_dir)[1].overrides[1] == "seed=1"
+
+
+# --- hparams_search: Optuna on a validation metric -----------------------------------------
+
+SEARCHES = [  # (search, experiment, optimised validation metric, direction, lr bounds)
+    ("face_voice_optuna", "face_voice/c2kd", "val/eer", "minimize", (3e-4, 1e-2)),
+    ("face_voice_optuna", "face_voice/c2kd_quality", "val/eer", "minimize", (3e-4, 1e-2)),
+    ("text_image_optuna", "text_image/c2kd", "val/acc", "maximize", (0.01, 0.2)),
+    ("text_image_optuna", "text_image/c2kd_quality", "val/acc", "maximize", (0.01, 0.2)),
+    ("mfh_optuna", "mfh/exp1", "val/acc", "maximize", None),
+]
+
+
+@pytest.mark.parametrize(("search", "experiment", "metric", "direction", "lr"), SEARCHES)
+def test_hparams_search_composes_over_keys_of_the_experiment(
+    search: str, experiment: str, metric: str, direction: str, lr: tuple | None
+):
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from optuna.distributions import LogUniformDistribution
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_PACKAGE, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"hparams_search={search}"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.mode == RunMode.MULTIRUN
+    assert (cfg.optimized_metric, sweeper.direction) == (metric, direction)
+    assert cfg.optimized_metric.startswith("val/")  # model selection never looks at test
+    space, fixed = create_params_from_overrides(
+        [f"{key}={value}" for key, value in sweeper.params.items()])
+    assert not fixed and set(space) == set(sweeper.params)
+    for key, distribution in space.items():  # each key exists; its default is in the space
+        default = OmegaConf.select(cfg, key)
+        assert default is not None, f"{key} not in {experiment}"
+        if hasattr(distribution, "choices"):
+            assert default in distribution.choices
+        else:
+            assert distribution.low <= default <= distribution.high, key
+    if lr is not None:
+        lr_space = space["student.optimizer.lr"]
+        assert isinstance(lr_space, LogUniformDistribution)
+        assert (lr_space.low, lr_space.high) == lr
+
+
+@pytest.mark.slow
+def test_a_two_trial_optuna_search_on_tiny_face_voice(tmp_path: Path):
+    from conftest import TINY_FACE_VOICE
+
+    tiny = ["experiment=face_voice/c2kd", *TINY_FACE_VOICE, "trainer.max_epochs=2",
+            "teacher.max_epochs=2", "print_config=false", "callbacks.epoch_progress_bar=null"]
+    result = crossdistill_train(tmp_path, "hparams_search=face_voice_optuna",
+                                "hydra.sweeper.n_trials=2", *tiny)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = sorted((tmp_path / "face_voice" / "multiruns").iterdir())
+    records = collect_statuses(sweep_dir)
+    assert [(r.job, r.status) for r in records] == [(0, "ok"), (1, "ok")]
+    eers = [json.loads((sweep_dir / str(job) / "metrics.json").read_text())["student"]["val/eer"]
+            for job in (0, 1)]
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(eers))  # minimised
+    assert set(best.best_params) == {"distill.feature_margin.weight", "student.optimizer.lr",
+                                     "distill.feature_margin.margin",
+                                     "distill.shared_classifier.weight"}
