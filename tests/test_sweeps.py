@@ -279,7 +279,7 @@ def test_a_two_trial_optuna_search_on_tiny_face_voice(tmp_path: Path):
     from conftest import TINY_FACE_VOICE
 
     tiny = ["experiment=face_voice/c2kd", *TINY_FACE_VOICE, "trainer.max_epochs=2",
-            "teacher.max_epochs=2", "print_config=false", "callbacks.epoch_progress_bar=null"]
+            "teacher.max_epochs=2", "print_config=false"]
     result = crossdistill_train(tmp_path, "hparams_search=face_voice_optuna",
                                 "hydra.sweeper.n_trials=2", *tiny)
     assert result.returncode == 0, result.stderr[-3000:]
