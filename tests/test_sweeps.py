@@ -33,6 +33,7 @@ from crossdistill.sweeps.status import (
     write_status,
     write_summary,
 )
+from crossdistill.tables.callback import MultirunTable
 from crossdistill.utils.config import CONFIG_PACKAGE
 from crossdistill.validation import ConfigError
 
@@ -90,6 +91,25 @@ def test_error_line_is_the_last_line_of_the_traceback():
     except ConfigError as error:
         assert error_line(error) == (
             "crossdistill.validation.ConfigError: teacher.ckpt_path=/x: file not found")
+
+
+def test_the_sweep_exits_1_after_its_report_when_a_job_failed(tmp_path: Path, capsys):
+    write_status(tmp_path / "0", JobStatus(0, ["seed=0"], "ok", "", "r0"))
+    write_status(tmp_path / "1", JobStatus(1, ["seed=1"], "failed", "OSError: disk", "r1"))
+    sweep = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    callback = MultirunTable()
+    callback.on_multirun_start(sweep)
+    with pytest.raises(SystemExit) as exit_info:  # Hydra passes SystemExit on, not Exception
+        callback.on_multirun_end(sweep)
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "Sweep summary: 2 jobs, 1 ok, 1 failed" in out and "1 job(s) failed" in out
+    assert (tmp_path / "summary.csv").is_file()
+
+    quiet = MultirunTable(enabled=False, job_summary=False)  # both off: no report, exit 0
+    quiet.on_multirun_start(sweep)
+    quiet.on_multirun_end(sweep)
+    assert capsys.readouterr().out == ""
 
 
 # --- run_task in a single run and in a multirun job ---------------------------------------

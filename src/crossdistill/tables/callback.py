@@ -55,28 +55,34 @@ def print_sweep_summary(sweep_dir: Path) -> int:
 
 
 class MultirunTable(Callback):
-    """Print the sweep dir at the start; at the end the table, the jobs' summary, and exit
-    non-zero if a job failed."""
+    """Print the sweep dir at the start; at the end the table (``enabled``) and the jobs'
+    summary (``job_summary``), and exit non-zero if a job failed (``job_summary``).
 
-    def __init__(self, enabled: bool = True) -> None:
+    The table runner (``crossdistill-table run``) turns the table off and keeps the summary
+    and exit code."""
+
+    def __init__(self, enabled: bool = True, job_summary: bool = True) -> None:
         self.enabled = enabled
+        self.job_summary = job_summary
         self.sweep_dir: Path | None = None
         self.done = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.enabled:
+        if not (self.enabled or self.job_summary):
             return
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
-        print(f"multirun sweep dir: {self.sweep_dir}", flush=True)
+        if self.enabled:
+            print(f"multirun sweep dir: {self.sweep_dir}", flush=True)
         atexit.register(self._at_exit)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.enabled or self.sweep_dir is None:
+        if self.sweep_dir is None:
             return
         self.done = True
-        print(f"\nmultirun finished; sweep dir: {self.sweep_dir}\n", flush=True)
-        print_sweep_table(self.sweep_dir)
-        n_failed = print_sweep_summary(self.sweep_dir)
+        if self.enabled:
+            print(f"\nmultirun finished; sweep dir: {self.sweep_dir}\n", flush=True)
+            print_sweep_table(self.sweep_dir)
+        n_failed = print_sweep_summary(self.sweep_dir) if self.job_summary else 0
         if n_failed:
             print(f"{n_failed} job(s) failed; exit code 1", flush=True)
             raise SystemExit(1)
@@ -86,7 +92,9 @@ class MultirunTable(Callback):
         if self.done or self.sweep_dir is None or not self.sweep_dir.is_dir():
             return
         self.done = True
-        print(f"\nmultirun ended early (a job failed); sweep dir: {self.sweep_dir}\n"
-              "table of the runs that finished:\n", flush=True)
-        print_sweep_table(self.sweep_dir)
-        print_sweep_summary(self.sweep_dir)
+        if self.enabled:
+            print(f"\nmultirun ended early (a job failed); sweep dir: {self.sweep_dir}\n"
+                  "table of the runs that finished:\n", flush=True)
+            print_sweep_table(self.sweep_dir)
+        if self.job_summary:
+            print_sweep_summary(self.sweep_dir)
