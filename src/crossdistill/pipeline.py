@@ -175,6 +175,7 @@ def run_task(cfg: DictConfig) -> float | None:
 
 
 def in_multirun() -> bool:
+    """Whether this job runs inside a Hydra multirun (`-m` or `hydra.mode: MULTIRUN`)."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
