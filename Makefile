@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 MAIN_JOB ?= experiment=face_voice/c2kd
 export WANDB_SILENT ?= true
 
-.PHONY: help install train test test-full lint format reproduce-mfh reproduce-c2kd reproduce-text-image benchmark-mfh clean
+.PHONY: help install train test test-full lint format reproduce-mfh reproduce-c2kd reproduce-text-image benchmark-mfh benchmark-overhead clean
 
 help:
 	@echo "make train          run the main job on built-in data (ARGS='key=value ...' to override)"
@@ -20,6 +20,7 @@ help:
 	@echo "make reproduce-c2kd face->voice C2KD table (conf/table/c2kd.yaml: 9 rows x 3 seeds) -> outputs/tables/c2kd/latest (ARGS=--quick: minutes)"
 	@echo "make reproduce-text-image  text->image table (conf/table/text_image.yaml: 8 rows x 3 seeds x 100/25/10 %) -> outputs/tables/text_image/latest (ARGS=--quick: minutes)"
 	@echo "make benchmark-mfh  batched vs one-by-one training speed"
+	@echo "make benchmark-overhead  framework vs plain PyTorch loop: time per epoch, set-up, memory (ARGS=--quick)"
 	@echo "make lint           ruff"
 
 $(STAMP): pyproject.toml setup.py
@@ -57,6 +58,9 @@ reproduce-text-image: install
 
 benchmark-mfh: install
 	$(PY) scripts/benchmark_mfh.py $(ARGS)
+
+benchmark-overhead: install
+	$(PY) scripts/benchmark_overhead.py $(ARGS)
 
 clean:
 	rm -rf outputs/*/ .pytest_cache .ruff_cache
