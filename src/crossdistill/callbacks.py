@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar
 from tqdm.auto import tqdm
+
+RNG_STATES_KEY = "crossdistill_rng_states"
+PREVIOUS_LAST_SUFFIX = ".previous"  # last.ckpt -> last.previous.ckpt
+
+
+class RngStateCheckpoint(Callback):
+    """Saves the global random-generator states (torch CPU and CUDA, numpy, python
+    ``random``) in every checkpoint and restores them when training resumes from one.
+
+    Lightning checkpoints hold model, optimizer, scheduler and loop states but not these;
+    without them a resumed run shuffles, crops and drops out differently. The state is
+    taken when the checkpoint is written (end of an epoch or validation) and restored while
+    the checkpoint is loaded, before the resumed epoch creates its data iterator (which
+    draws the shuffle order from the torch generator), so the resumed run draws the same
+    numbers as the uninterrupted one."""
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RNG_STATES_KEY] = _collect_rng_states(include_cuda=True)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.state.fn == "fit" and RNG_STATES_KEY in checkpoint:
+            _set_rng_states(checkpoint[RNG_STATES_KEY])
 
 
 class LatestLastCheckpoint(ModelCheckpoint):
@@ -17,6 +48,18 @@ class LatestLastCheckpoint(ModelCheckpoint):
     end of training (so it is the final state even when the last epoch ran no validation).
     Top-k (``best``) selection is Lightning's, unchanged.
     """
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        """Before ``last.ckpt`` is replaced, keep it as ``last.previous.ckpt`` (a hard link,
+        so a complete ``last.ckpt`` exists at every moment): if the new one is found
+        truncated on resume, the previous state is used."""
+        last = Path(self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST))
+        if self.save_last is True and trainer.is_global_zero and last.is_file():
+            previous = last.with_name(f"{last.stem}{PREVIOUS_LAST_SUFFIX}{last.suffix}")
+            tmp = previous.with_name(f"{previous.name}.tmp{os.getpid()}")
+            os.link(last, tmp)
+            os.replace(tmp, previous)
+        super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def _save_last_if_behind(self, trainer: pl.Trainer) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):

@@ -1,0 +1,170 @@
+"""``crossdistill-train resume=<run dir>``: a run SIGKILLed mid-training and resumed ends
+with exactly the metrics of the uninterrupted run (CPU, same thread count), in either
+stage; a truncated ``last.ckpt`` is named and the previous good checkpoint used; overrides
+that would change the run are refused; the run dir records the teacher it used."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crossdistill.resume import refused_overrides, resume_command_line
+from crossdistill.validation import ConfigError
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+# MFH experiment 1, shrunk: a checkpoint every 10 of 60 one-step epochs in each stage
+TINY_MFH = [
+    "experiment=mfh/exp1",
+    "trainer.max_epochs=60",
+    "teacher.max_epochs=60",
+    "trainer.check_val_every_n_epoch=10",
+    "print_config=false",
+    "callbacks.epoch_progress_bar=null",
+]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ, CROSSDISTILL_ROOT=str(tmp_path), OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from crossdistill.train import main; main()", *args]
+
+
+def _train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _command(*args), env=_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
+
+
+def _train_killed(tmp_path: Path, run_dir: Path, marker: str, *args: str) -> None:
+    """Start a run and SIGKILL it as soon as ``run_dir/marker`` exists (a checkpoint), while
+    training goes on."""
+    process = subprocess.Popen(
+        _command(*args, f"hydra.run.dir={run_dir}"),
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not (run_dir / marker).exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run_dir / "metrics.json").exists()
+
+
+def _metrics(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    return {"teacher": summary["teacher"], "student": summary["student"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    """Metrics of the tiny MFH run trained without interruption."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    run_dir = root / "run"
+    done = _train(root, *TINY_MFH, f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _metrics(run_dir)
+
+
+def _resume(tmp_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    done = _train(tmp_path, f"resume={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_killed_in_student_stage_resumes_to_identical_metrics(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    _train_killed(tmp_path, run_dir, "checkpoints/last.ckpt", *TINY_MFH)
+    assert (run_dir / "teacher" / "teacher.ckpt").exists()  # the teacher stage had ended
+    _resume(tmp_path, run_dir)
+    assert _metrics(run_dir) == uninterrupted
+    assert not (tmp_path / "outputs" / "mfh_exp1").exists()  # no second run dir
+
+
+@pytest.mark.slow
+def test_killed_in_teacher_stage_resumes_teacher_then_student(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    _train_killed(tmp_path, run_dir, "teacher/checkpoints/last.ckpt", *TINY_MFH)
+    assert not (run_dir / "teacher" / "teacher.ckpt").exists()
+    done = _resume(tmp_path, run_dir)
+    assert "resume: training the teacher on from" in done.stderr
+    assert _metrics(run_dir) == uninterrupted
+
+
+@pytest.mark.slow
+def test_truncated_last_checkpoint_is_named_and_the_previous_one_used(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    _train_killed(tmp_path, run_dir, "checkpoints/last.previous.ckpt", *TINY_MFH)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    done = _resume(tmp_path, run_dir)
+    assert f"checkpoint={last}: not a complete PyTorch checkpoint" in done.stderr
+    assert f"student stage from {last.with_name('last.previous.ckpt')}" in done.stderr
+    assert _metrics(run_dir) == uninterrupted
+
+
+def test_overrides_that_change_the_run_are_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=mfh/exp1\n- hydra.run.dir=x\n"
+    )
+    args = [f"resume={run_dir}", "seed=3", "experiment=mfh/exp1", "print_config=false"]
+    assert refused_overrides(run_dir, args) == ["seed=3"]
+    with pytest.raises(ConfigError, match=r"refused: seed=3 data.overlap=5 \("):
+        resume_command_line([*args, "data.overlap=5"])
+    assert resume_command_line(args[:1] + args[2:]) == [
+        "experiment=mfh/exp1",
+        "print_config=false",
+        f"resume={run_dir}",
+        f"hydra.run.dir={run_dir}",
+        "hydra.output_subdir=null",
+    ]
+    with pytest.raises(ConfigError, match="not a crossdistill run dir"):
+        resume_command_line([f"resume={tmp_path}"])
+    # the console script: one error line, exit status 2, nothing run
+    done = _train(tmp_path, f"resume={run_dir}", "seed=3")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        next(line for line in done.stderr.splitlines() if line.startswith("error: resume="))
+    ]
+    assert "refused: seed=3 " in done.stderr
+
+
+@pytest.mark.slow
+def test_eval_teacher_of_a_run_that_reused_a_deleted_cache(tmp_path):
+    cache = tmp_path / "teachers"
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run_dir in (first, second):
+        done = _train(
+            tmp_path, *TINY_MFH, f"hydra.run.dir={run_dir}", f"paths.teacher_cache_dir={cache}"
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "reusing the teacher" in done.stderr
+    shutil.rmtree(cache)
+    assert _metrics(second)["teacher"] == _metrics(first)["teacher"]
+    evaluated = subprocess.run(
+        [sys.executable, "-c", "from crossdistill.eval import main; main()",
+         f"run_dir={second}", "stage=teacher"],
+        env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads((second / "eval_teacher_test.json").read_text())
+    assert result["test/acc"] == _metrics(first)["teacher"]["test/acc"]
