@@ -17,25 +17,49 @@ PREVIOUS_LAST_SUFFIX = ".previous"  # last.ckpt -> last.previous.ckpt
 
 class RngStateCheckpoint(Callback):
     """Saves the global random-generator states (torch CPU and CUDA, numpy, python
-    ``random``) in every checkpoint and restores them when training resumes from one.
+    ``random``) in every checkpoint and restores them when training resumes from one; also
+    flushes the loggers when a checkpoint is written, so their files hold every row up to
+    it.
 
     Lightning checkpoints hold model, optimizer, scheduler and loop states but not these;
-    without them a resumed run shuffles, crops and drops out differently. The state is
-    taken when the checkpoint is written (end of an epoch or validation) and restored while
-    the checkpoint is loaded, before the resumed epoch creates its data iterator (which
-    draws the shuffle order from the torch generator), so the resumed run draws the same
-    numbers as the uninterrupted one."""
+    without them a resumed run shuffles, crops and drops out differently. The states are
+    taken when the checkpoint is written (end of an epoch, or a validation at its end:
+    nothing draws random numbers between there and the next epoch's start) and put back at
+    the start of the first epoch trained after the resume, right before that epoch creates
+    its data iterator (which draws the shuffle order). Not earlier: on resume Lightning
+    creates a data iterator at the start of ``fit`` (one draw) that the uninterrupted run
+    never made. A checkpoint taken mid-epoch is restored at the next batch instead (the
+    loop continues, but its shuffle order is not the uninterrupted run's).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint[RNG_STATES_KEY] = _collect_rng_states(include_cuda=True)
+        for logger in trainer.loggers:
+            logger.save()
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         if trainer.state.fn == "fit" and RNG_STATES_KEY in checkpoint:
-            _set_rng_states(checkpoint[RNG_STATES_KEY])
+            self._pending = checkpoint[RNG_STATES_KEY]
+
+    def _restore_pending(self) -> None:
+        if self._pending is not None:
+            _set_rng_states(self._pending)
+            self._pending = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_pending()
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._restore_pending()
 
 
 class LatestLastCheckpoint(ModelCheckpoint):
