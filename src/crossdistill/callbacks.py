@@ -80,9 +80,11 @@ class LatestLastCheckpoint(ModelCheckpoint):
         last = Path(self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST))
         if self.save_last is True and trainer.is_global_zero and last.is_file():
             previous = last.with_name(f"{last.stem}{PREVIOUS_LAST_SUFFIX}{last.suffix}")
-            tmp = previous.with_name(f"{previous.name}.tmp{os.getpid()}")
-            os.link(last, tmp)
-            os.replace(tmp, previous)
+            if not (previous.is_file() and os.path.samefile(last, previous)):
+                tmp = previous.with_name(f"{previous.name}.tmp{os.getpid()}")
+                tmp.unlink(missing_ok=True)
+                os.link(last, tmp)
+                os.replace(tmp, previous)
         super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def _save_last_if_behind(self, trainer: pl.Trainer) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.seed import isolate_rng
 
 from crossdistill import builders
@@ -59,12 +59,17 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def _drop_lost_csv_rows(loggers: list, checkpoint: str) -> None:
-    """CSV loggers continue their ``metrics.csv``: rows logged after the checkpoint a run
-    resumes from (the work a kill lost, done again now) are dropped first."""
+def _continue_logs(loggers: list, checkpoint: str) -> None:
+    """File loggers continue their files when a stage resumes from ``checkpoint``; what
+    they logged after it (the work a kill lost, done again now) is dropped: CSV rows from
+    ``metrics.csv`` now, TensorBoard events when its writer opens (``purge_step``)."""
     step = torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step")
+    if step is None:
+        return
     for logger in loggers:
-        if not isinstance(logger, CSVLogger) or step is None:
+        if isinstance(logger, TensorBoardLogger):
+            logger._kwargs["purge_step"] = step  # SummaryWriter kwargs; the writer is lazy
+        if not isinstance(logger, CSVLogger):
             continue
         metrics_file = Path(logger.log_dir) / "metrics.csv"
         if not metrics_file.is_file():
@@ -105,7 +110,7 @@ def fit_and_test(
     try:
         if resume_from is not None:
             resume_from = str(resume_from)
-            _drop_lost_csv_rows(trainer.loggers, resume_from)
+            _continue_logs(trainer.loggers, resume_from)
         log_config(trainer.loggers, cfg)  # fast_dev_run: Lightning's dummy logger, no-op
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
         ckpt = _test_ckpt(cfg, trainer)
