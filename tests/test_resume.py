@@ -15,8 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from crossdistill.pipeline import _start_or_resume
 from crossdistill.resume import refused_overrides, resume_command_line
+from crossdistill.utils.loggers import stage_overrides
 from crossdistill.validation import ConfigError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -96,6 +99,14 @@ def test_killed_in_student_stage_resumes_to_identical_metrics(tmp_path, uninterr
     _resume(tmp_path, run_dir)
     assert _metrics(run_dir) == uninterrupted
     assert not (tmp_path / "outputs" / "mfh_exp1").exists()  # no second run dir
+    # the first start's record stays: what the tables group runs by
+    assert "experiment=mfh/exp1" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    # the CSV log continues in order: the rows before the checkpoint stay (the epoch-end
+    # row logged right after it, step 9, may be lost with the kill), the lost work's are
+    # logged once
+    steps = [int(line.split(",")[1]) for line in (run_dir / "csv" / "metrics.csv").open()
+             if line[0].isdigit() and line.split(",")[4]]  # fmt: skip
+    assert set(range(60)) - set(steps) <= {9} and steps == sorted(set(steps))
 
 
 @pytest.mark.slow
@@ -147,6 +158,17 @@ def test_overrides_that_change_the_run_are_refused(tmp_path):
         next(line for line in done.stderr.splitlines() if line.startswith("error: resume="))
     ]
     assert "refused: seed=3 " in done.stderr
+
+
+def test_wandb_run_id_is_fixed_at_start_and_kept_on_resume(compose_cfg, tmp_path):
+    cfg = compose_cfg("logger=wandb")
+    started, run_dir = _start_or_resume(cfg)
+    run_id = started.logger.wandb.id
+    assert run_id and started.logger.wandb.resume == "allow"
+    assert OmegaConf.load(run_dir / "config.yaml").logger.wandb.id == run_id
+    resumed, same_dir = _start_or_resume(compose_cfg(f"resume={run_dir}"))
+    assert same_dir == run_dir and resumed.logger.wandb.id == run_id
+    assert stage_overrides(resumed, resumed.logger.wandb, "teacher")["id"] == f"{run_id}-teacher"
 
 
 @pytest.mark.slow

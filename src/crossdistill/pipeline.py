@@ -75,13 +75,15 @@ def _continue_logs(loggers: list, checkpoint: str) -> None:
         if not metrics_file.is_file():
             continue
         with metrics_file.open(newline="") as file:
-            rows = list(csv.reader(file))
-        if not rows or "step" not in rows[0]:
-            continue
-        column = rows[0].index("step")
-        kept = [r for r in rows[1:] if not r[column] or float(r[column]) < step]
+            reader = csv.DictReader(file)
+            header = list(reader.fieldnames or [])
+            kept = [row for row in reader if not row.get("step") or float(row["step"]) < step]
+        writer = logger.experiment  # Lightning's CSV writer deletes metrics.csv when created
+        writer.metrics_keys = header  # ... and appends to it while the header fits
         with metrics_file.open("w", newline="") as file:
-            csv.writer(file).writerows([rows[0], *kept])
+            rows = csv.DictWriter(file, fieldnames=header)
+            rows.writeheader()
+            rows.writerows(kept)
 
 
 def fit_and_test(

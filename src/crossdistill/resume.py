@@ -105,8 +105,9 @@ def load_run_config(run_dir: str | Path, cfg: DictConfig | None = None) -> DictC
     with open_dict(saved):
         saved[RESUME_KEY] = str(Path(run_dir).expanduser().absolute())
         for key in HARMLESS_OVERRIDES:
-            if cfg is not None and not key.startswith("hydra.") and OmegaConf.select(cfg, key):
-                OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+            value = None if cfg is None else OmegaConf.select(cfg, key)
+            if value is not None and not key.startswith("hydra."):
+                OmegaConf.update(saved, key, value, force_add=True)
     return saved
 
 
