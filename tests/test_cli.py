@@ -84,8 +84,7 @@ def test_train_eval_round_trip_and_teacher_reuse(compose_cfg, tmp_path):
         cfg2.paths.output_dir = str(tmp_path / "run2")
     summary2 = train(cfg2)
     teacher_dir = Path(summary2["run_dir"]) / "teacher"
-    assert not (teacher_dir / "checkpoints").exists()  # not trained again ...
-    assert "outputs/teachers" not in str(teacher_dir)  # ... but recorded in the run dir
+    assert not (teacher_dir / "checkpoints").exists()  # not trained again, but recorded
     assert json.loads((teacher_dir / "source.json").read_text())["source"].startswith(
         cfg2.paths.teacher_cache_dir
     )

@@ -131,6 +131,23 @@ def test_truncated_last_checkpoint_is_named_and_the_previous_one_used(tmp_path, 
     assert _metrics(run_dir) == uninterrupted
 
 
+@pytest.mark.slow
+def test_face_voice_killed_mid_training_resumes_to_identical_metrics(tmp_path):
+    """Shuffled mini-batches, random crops and degradations, BatchNorm, a checkpoint at
+    every epoch end: the random streams and the loop resume exactly too."""
+    from conftest import TINY_FACE_VOICE
+
+    args = ["experiment=face_voice/c2kd", *TINY_FACE_VOICE, "trainer.max_epochs=6",
+            "teacher.max_epochs=2", "print_config=false"]  # fmt: skip
+    reference = tmp_path / "uninterrupted"
+    done = _train(tmp_path / "a", *args, f"hydra.run.dir={reference}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    _train_killed(tmp_path / "b", run_dir, "checkpoints/last.previous.ckpt", *args)
+    _resume(tmp_path / "b", run_dir)
+    assert _metrics(run_dir) == _metrics(reference)
+
+
 def test_overrides_that_change_the_run_are_refused(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
