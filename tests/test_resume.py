@@ -50,9 +50,9 @@ def _train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _train_killed(tmp_path: Path, run_dir: Path, marker: str, *args: str) -> None:
-    """Start a run and SIGKILL it as soon as ``run_dir/marker`` exists (a checkpoint), while
-    training goes on."""
+def _train_killed(tmp_path: Path, run_dir: Path, markers: str, *args: str) -> None:
+    """Start a run and SIGKILL it as soon as the files ``markers`` (comma-separated, under
+    ``run_dir``: checkpoints) exist, while training goes on."""
     process = subprocess.Popen(
         _command(*args, f"hydra.run.dir={run_dir}"),
         env=_env(tmp_path),
@@ -60,7 +60,9 @@ def _train_killed(tmp_path: Path, run_dir: Path, marker: str, *args: str) -> Non
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
-    while not (run_dir / marker).exists() and process.poll() is None:
+    while process.poll() is None and not all(
+        (run_dir / marker).exists() for marker in markers.split(",")
+    ):
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
@@ -122,7 +124,9 @@ def test_killed_in_teacher_stage_resumes_teacher_then_student(tmp_path, uninterr
 @pytest.mark.slow
 def test_truncated_last_checkpoint_is_named_and_the_previous_one_used(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    _train_killed(tmp_path, run_dir, "checkpoints/last.previous.ckpt", *TINY_MFH)
+    _train_killed(
+        tmp_path, run_dir, "checkpoints/last.previous.ckpt,checkpoints/last.ckpt", *TINY_MFH
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     output = _resume(tmp_path, run_dir)
@@ -152,9 +156,7 @@ def test_overrides_that_change_the_run_are_refused(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / "config.yaml").write_text("seed: 0\n")
-    (run_dir / ".hydra" / "overrides.yaml").write_text(
-        "- experiment=mfh/exp1\n- hydra.run.dir=x\n"
-    )
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- experiment=mfh/exp1\n- hydra.run.dir=x\n")
     args = [f"resume={run_dir}", "seed=3", "experiment=mfh/exp1", "print_config=false"]
     assert refused_overrides(run_dir, args) == ["seed=3"]
     with pytest.raises(ConfigError, match=r"refused: seed=3 data.overlap=5 \("):

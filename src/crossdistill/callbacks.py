@@ -74,17 +74,12 @@ class LatestLastCheckpoint(ModelCheckpoint):
     """
 
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
-        """Before ``last.ckpt`` is replaced, keep it as ``last.previous.ckpt`` (a hard link,
-        so a complete ``last.ckpt`` exists at every moment): if the new one is found
-        truncated on resume, the previous state is used."""
+        """Before ``last.ckpt`` is replaced, it is renamed ``last.previous.ckpt``: if the
+        new one is found incomplete on resume (or missing, after a kill in between), the
+        previous state is used. Both are always separate files."""
         last = Path(self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST))
         if self.save_last is True and trainer.is_global_zero and last.is_file():
-            previous = last.with_name(f"{last.stem}{PREVIOUS_LAST_SUFFIX}{last.suffix}")
-            if not (previous.is_file() and os.path.samefile(last, previous)):
-                tmp = previous.with_name(f"{previous.name}.tmp{os.getpid()}")
-                tmp.unlink(missing_ok=True)
-                os.link(last, tmp)
-                os.replace(tmp, previous)
+            os.replace(last, last.with_name(f"{last.stem}{PREVIOUS_LAST_SUFFIX}{last.suffix}"))
         super()._save_last_checkpoint(trainer, monitor_candidates)
 
     def _save_last_if_behind(self, trainer: pl.Trainer) -> None:

@@ -114,9 +114,12 @@ def load_run_config(run_dir: str | Path, cfg: DictConfig | None = None) -> DictC
 def latest_good_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest complete checkpoint of a stage: ``last.ckpt``, else the previous
     ``last.ckpt`` kept beside it, else the newest other one. Each incomplete file found on
-    the way is reported as one error line naming it."""
+    the way is reported as one error line naming it; the temporary files of a save that a
+    kill interrupted are removed."""
     if not checkpoint_dir.is_dir():
         return None
+    for partial in checkpoint_dir.glob(".*.ckpt.tmp*"):
+        partial.unlink(missing_ok=True)
     others = sorted(
         (p for p in checkpoint_dir.glob("*.ckpt") if p.name not in (LAST, PREVIOUS_LAST)),
         key=lambda p: p.stat().st_mtime,
