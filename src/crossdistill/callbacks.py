@@ -25,11 +25,13 @@ class RngStateCheckpoint(Callback):
     without them a resumed run shuffles, crops and drops out differently. The states are
     taken when the checkpoint is written (end of an epoch, or a validation at its end:
     nothing draws random numbers between there and the next epoch's start) and put back at
-    the start of the first epoch trained after the resume, right before that epoch creates
-    its data iterator (which draws the shuffle order). Not earlier: on resume Lightning
-    creates a data iterator at the start of ``fit`` (one draw) that the uninterrupted run
-    never made. A checkpoint taken mid-epoch is restored at the next batch instead (the
-    loop continues, but its shuffle order is not the uninterrupted run's).
+    the start of the first epoch trained after the resume, and that epoch's data iterator
+    (which draws the shuffle order) is made after them, as in the uninterrupted run.
+    Lightning 2.6 creates the iterator at the start of ``fit``, before any state is
+    restored, and reuses it for the first resumed epoch when the checkpoint was taken at
+    an epoch's end: it is re-created here. A checkpoint taken mid-epoch is restored at the
+    next batch instead (the loop continues, but its shuffle order is not the uninterrupted
+    run's).
     """
 
     def __init__(self) -> None:
@@ -54,7 +56,20 @@ class RngStateCheckpoint(Callback):
             self._pending = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is None:
+            return
         self._restore_pending()
+        # Lightning re-creates the epoch's data iterator only when it is not resuming; when
+        # resuming it would use the one made at the start of `fit`, before the states were
+        # restored: re-create it here, as the uninterrupted run did at this epoch's start
+        fit_loop = trainer.fit_loop
+        epoch_loop_iterates = (
+            trainer.current_epoch > 0
+            and not fit_loop.is_resuming
+            and not fit_loop.epoch_loop.restarting
+        )
+        if not epoch_loop_iterates and fit_loop._data_fetcher is not None:
+            iter(fit_loop._data_fetcher)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
