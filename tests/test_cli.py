@@ -83,7 +83,11 @@ def test_train_eval_round_trip_and_teacher_reuse(compose_cfg, tmp_path):
     with open_dict(cfg2):
         cfg2.paths.output_dir = str(tmp_path / "run2")
     summary2 = train(cfg2)
-    assert not (Path(summary2["run_dir"]) / "teacher").exists()
+    teacher_dir = Path(summary2["run_dir"]) / "teacher"
+    assert not (teacher_dir / "checkpoints").exists()  # not trained again, but recorded
+    assert json.loads((teacher_dir / "source.json").read_text())["source"].startswith(
+        cfg2.paths.teacher_cache_dir
+    )
     assert summary2["teacher"]["test/acc"] == summary["teacher"]["test/acc"]
 
 

@@ -253,7 +253,7 @@ def test_teacher_trains_with_face_verification_and_is_reused(tiny_dm_cfg, tmp_pa
         cfg2.paths.output_dir = str(tmp_path / "run2")
     summary2 = train(cfg2)
     assert summary2["teacher"] == summary["teacher"]  # same teacher reused across rows
-    assert not (Path(summary2["run_dir"]) / "teacher").exists()
+    assert not (Path(summary2["run_dir"]) / "teacher" / "checkpoints").exists()  # reused
 
 
 def test_cached_teacher_features_equal_computed(tiny_dm_cfg):

@@ -9,26 +9,33 @@ trained or reused, or whether a cache existed.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities.seed import isolate_rng
 
 from crossdistill import builders
+from crossdistill.callbacks import RngStateCheckpoint
+from crossdistill.checkpoint_io import AtomicCheckpointIO
 from crossdistill.losses import LossComposer
 from crossdistill.modules import TeacherModule
+from crossdistill.resume import latest_good_checkpoint, load_run_config
 from crossdistill.sweeps.ddp_children import children_run_this_job
 from crossdistill.sweeps.status import FAILED, OK, JobStatus, error_line, write_status
 from crossdistill.utils import teacher_store
 from crossdistill.utils.config import print_config_tree, save_resolved_config
-from crossdistill.utils.loggers import STUDENT, TEACHER, finish_runs, log_config
-from crossdistill.validation import validate_train_config
+from crossdistill.utils.loggers import STUDENT, TEACHER, finish_runs, is_wandb, log_config
+from crossdistill.validation import ConfigError, teacher_checkpoint, validate_train_config
 
 log = logging.getLogger("crossdistill")
 
@@ -38,7 +45,7 @@ def _callbacks(cfg: DictConfig, stage_dir: Path) -> list[pl.Callback]:
     for cb in callbacks:
         if isinstance(cb, pl.callbacks.ModelCheckpoint):
             cb.dirpath = str(stage_dir / "checkpoints")
-    return callbacks
+    return [*callbacks, RngStateCheckpoint()]  # always: exact resume needs it
 
 
 def _test_ckpt(cfg: DictConfig, trainer: pl.Trainer) -> str | None:
@@ -56,29 +63,62 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+def _continue_logs(loggers: list, checkpoint: str) -> None:
+    """File loggers continue their files when a stage resumes from ``checkpoint``; what
+    they logged after it (the work a kill lost, done again now) is dropped: CSV rows from
+    ``metrics.csv`` now, TensorBoard events when its writer opens (``purge_step``)."""
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step")
+    if step is None:
+        return
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger._kwargs["purge_step"] = step  # SummaryWriter kwargs; the writer is lazy
+        if not isinstance(logger, CSVLogger):
+            continue
+        metrics_file = Path(logger.log_dir) / "metrics.csv"
+        if not metrics_file.is_file():
+            continue
+        with metrics_file.open(newline="") as file:
+            reader = csv.DictReader(file)
+            header = list(reader.fieldnames or [])
+            kept = [row for row in reader if not row.get("step") or float(row["step"]) < step]
+        writer = logger.experiment  # Lightning's CSV writer deletes metrics.csv when created
+        writer.metrics_keys = header  # ... and appends to it while the header fits
+        with metrics_file.open("w", newline="") as file:
+            rows = csv.DictWriter(file, fieldnames=header)
+            rows.writeheader()
+            rows.writerows(kept)
+
+
 def fit_and_test(
     cfg: DictConfig,
     module: pl.LightningModule,
     datamodule,
     stage_dir: Path,
     stage: str = STUDENT,
-    resume_from: str | None = None,
+    resume_from: str | Path | None = None,
     **trainer_kw,
 ) -> tuple[dict[str, float], str | None]:
-    """Fit, then validate and test the selected checkpoint; return its val + test metrics
-    (sweepers optimise a ``val/`` metric: model selection never looks at test).
+    """Fit (from ``resume_from``, a Lightning checkpoint, if given), then validate and test
+    the selected checkpoint; return its val + test metrics (sweepers optimise a ``val/``
+    metric: model selection never looks at test).
 
     The stage logs to the configured loggers (``builders.build_loggers(cfg, stage)``), the
-    resolved config as their hyperparameters; its W&B run ends with the stage."""
+    resolved config as their hyperparameters; its W&B run ends with the stage. Checkpoints
+    are written atomically and carry the random-generator states."""
     trainer = builders.build_trainer(
         cfg,
         callbacks=_callbacks(cfg, stage_dir),
         logger=builders.build_loggers(cfg, stage) or False,
+        plugins=[AtomicCheckpointIO()],
         **trainer_kw,
     )
     try:
+        if resume_from is not None:
+            resume_from = str(resume_from)
+            _continue_logs(trainer.loggers, resume_from)
         log_config(trainer.loggers, cfg)  # fast_dev_run: Lightning's dummy logger, no-op
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
         ckpt = _test_ckpt(cfg, trainer)
         metrics: dict[str, float] = {}
         for run in (trainer.validate, trainer.test):
@@ -90,40 +130,96 @@ def fit_and_test(
 
 
 def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherModule, dict]:
-    """Load ``teacher.ckpt_path``, reuse a cached teacher, or train one into ``run_dir``."""
+    """The teacher of the run, recorded in ``<run dir>/teacher/`` (weights, metrics,
+    source): on resume the one recorded there; else ``teacher.ckpt_path``; else a teacher
+    whose training this run started (resumed from its latest good checkpoint); else a
+    cached teacher for this data/teacher/seed; else one trained into the run dir."""
     teacher = builders.build_teacher_module(cfg, datamodule)
+    stage_dir = run_dir / "teacher"
+    resuming = bool(cfg.get("resume"))
+    if resuming and (recorded := teacher_store.recorded_teacher(stage_dir)):
+        teacher_store.load_weights(teacher, recorded[0])
+        log.info("resume: the run's recorded teacher %s", recorded[0])
+        return teacher, recorded[1]
     if cfg.teacher.get("ckpt_path"):
-        teacher_store.load_weights(teacher, cfg.teacher.ckpt_path)
+        source = teacher_checkpoint(cfg.teacher.ckpt_path)
+        teacher_store.load_weights(teacher, source)
+        teacher_store.record_teacher(stage_dir, source, {}, source)
         log.info("teacher loaded from %s", cfg.teacher.ckpt_path)
         return teacher, {}
+    resume_from = latest_good_checkpoint(stage_dir / "checkpoints") if resuming else None
     key = teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, datamodule))
     cached = Path(cfg.paths.teacher_cache_dir) / key / "teacher.ckpt"
-    if cfg.teacher.get("reuse", True) and cached.exists() and not cfg.trainer.get("fast_dev_run"):
+    reusable = cfg.teacher.get("reuse", True) and not cfg.trainer.get("fast_dev_run")
+    if resume_from is None and reusable and cached.exists():
         teacher_store.load_weights(teacher, cached)
         metrics_file = cached.parent / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        teacher_store.record_teacher(stage_dir, cached, metrics, cached)
         log.info("reusing the teacher trained for this data/teacher/seed: %s", cached)
         return teacher, metrics
-    log.info("training the teacher (%s epochs)", cfg.teacher.max_epochs)
-    stage_dir = run_dir / "teacher"
+    if resume_from is not None:
+        log.info("resume: training the teacher on from %s", resume_from)
+    else:
+        log.info("training the teacher (%s epochs)", cfg.teacher.max_epochs)
     metrics, ckpt = fit_and_test(
-        cfg, teacher, datamodule, stage_dir, stage=TEACHER, max_epochs=cfg.teacher.max_epochs
+        cfg,
+        teacher,
+        datamodule,
+        stage_dir,
+        stage=TEACHER,
+        resume_from=resume_from,
+        max_epochs=cfg.teacher.max_epochs,
     )
     if ckpt:
         teacher_store.load_weights(teacher, ckpt)
-    teacher_store.save_weights_atomically(teacher, stage_dir / "teacher.ckpt")
-    if not cfg.trainer.get("fast_dev_run") and pl.utilities.rank_zero_only.rank == 0:
-        teacher_store.save_weights_atomically(teacher, cached)
-        (cached.parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    weights = stage_dir / teacher_store.RECORD_WEIGHTS
+    teacher_store.save_weights_atomically(teacher, weights)
+    if pl.utilities.rank_zero_only.rank == 0:
+        teacher_store.record_teacher(stage_dir, weights, metrics, "trained in this run")
+        if not cfg.trainer.get("fast_dev_run"):
+            teacher_store.save_weights_atomically(teacher, cached)
+            (cached.parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return teacher, metrics
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def _pin_wandb_ids(cfg: DictConfig) -> None:
+    """Give every W&B logger of a new run a fixed run id (saved with config.yaml) that a
+    resume continues (``resume: allow``) instead of starting a new W&B run."""
+    for node in (cfg.get("logger") or {}).values():
+        if builders.is_enabled(node) and is_wandb(node):
+            with open_dict(node):
+                node.id = node.get("id") or secrets.token_hex(4)
+                node.resume = node.get("resume") or "allow"
+
+
+def _start_or_resume(cfg: DictConfig) -> tuple[DictConfig, Path]:
+    """A new run writes its config.yaml; a resumed one reads it (``resume.load_run_config``)
+    and must sit where it ran (its config holds absolute paths)."""
+    if cfg.get("resume"):
+        cfg = load_run_config(cfg.resume, cfg)
+        run_dir = Path(cfg.paths.output_dir)
+        if run_dir.resolve() != Path(cfg.resume).resolve():
+            raise ConfigError(
+                f"resume={cfg.resume}: the run was written to {run_dir} and its config holds "
+                "that path; resume it there (move it back)"
+            )
+        validate_train_config(cfg)
+        log.info("resuming run %s (config: %s)", run_dir, run_dir / "config.yaml")
+        return cfg, run_dir
     validate_train_config(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    _pin_wandb_ids(cfg)
     config_file = save_resolved_config(cfg, run_dir)
     if cfg.get("print_config", True):
         print_config_tree(cfg, config_file)
+    return cfg, run_dir
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """One run, or with ``resume=<run dir>`` the rest of a killed one (docs: README,
+    "Resume"): each stage continues from its latest good checkpoint."""
+    cfg, run_dir = _start_or_resume(cfg)
     pl.seed_everything(cfg.seed, workers=True)
 
     loss = LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))
@@ -136,7 +232,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     module = builders.build_student_module(cfg, datamodule, loss, teacher)
 
-    metrics, ckpt = fit_and_test(cfg, module, datamodule, run_dir, resume_from=cfg.get("ckpt_path"))
+    resume_from = cfg.get("ckpt_path")
+    if cfg.get("resume"):
+        resume_from = latest_good_checkpoint(run_dir / "checkpoints") or resume_from
+        log.info("resume: student stage from %s", resume_from or "the start")
+    metrics, ckpt = fit_and_test(cfg, module, datamodule, run_dir, resume_from=resume_from)
     summary = {
         "run_dir": str(run_dir),
         "checkpoint": ckpt,

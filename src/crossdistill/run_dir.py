@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from crossdistill import builders
 from crossdistill.losses import LossComposer
 from crossdistill.modules import StudentModule, TeacherModule
+from crossdistill.resume import LAST, PREVIOUS_LAST
 from crossdistill.utils import teacher_store
 
 
@@ -36,7 +37,9 @@ def find_checkpoint(run_dir: Path, ckpt: str, stage: str) -> Path:
             path = Path(recorded)
         else:
             candidates = sorted(
-                p for p in (run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"
+                p
+                for p in (run_dir / "checkpoints").glob("*.ckpt")
+                if p.name not in (LAST, PREVIOUS_LAST)
             )
             path = candidates[-1] if candidates else run_dir / "checkpoints" / "last.ckpt"
     elif ckpt == "last":

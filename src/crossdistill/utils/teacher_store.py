@@ -4,14 +4,17 @@ hash of everything that determines the teacher (data, teacher config, seed)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from crossdistill.checkpoint_io import save_atomically
 from crossdistill.validation import check_checkpoint_file, teacher_checkpoint
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,37 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
 
 
 def save_weights_atomically(module: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"state_dict": module.state_dict()}, tmp)
-    os.replace(tmp, path)
+    save_atomically({"state_dict": module.state_dict()}, path)
+
+
+RECORD_WEIGHTS = "teacher.ckpt"
+RECORD_METRICS = "metrics.json"
+RECORD_SOURCE = "source.json"
+
+
+def record_teacher(stage_dir: Path, weights: Path, metrics: dict, source: str) -> Path:
+    """Record in a run's ``teacher/`` dir the teacher it used: its weights (a hard link to
+    ``weights`` where the file system allows, else a copy; written atomically), its test
+    metrics and where it came from, so eval and resume never need ``weights`` to still
+    exist. Returns the recorded weights file."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    target = stage_dir / RECORD_WEIGHTS
+    if Path(weights).resolve() != target.resolve():
+        tmp = stage_dir / f".{RECORD_WEIGHTS}.tmp{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(weights, tmp)
+        except OSError:  # another file system, or links not allowed
+            shutil.copyfile(weights, tmp)
+        os.replace(tmp, target)
+    (stage_dir / RECORD_METRICS).write_text(json.dumps(metrics, indent=2))
+    (stage_dir / RECORD_SOURCE).write_text(json.dumps({"source": str(source)}, indent=2))
+    return target
+
+
+def recorded_teacher(stage_dir: Path) -> tuple[Path, dict] | None:
+    """The teacher recorded in ``stage_dir`` (weights file, metrics), or None."""
+    weights, metrics = stage_dir / RECORD_WEIGHTS, stage_dir / RECORD_METRICS
+    if not (weights.is_file() and metrics.is_file()):
+        return None
+    return weights, json.loads(metrics.read_text())
