@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +58,42 @@ TINY_FACE_VOICE = [
     "teacher.encoder.channels=[4,8,8,8]", "teacher.encoder.embedding_dim=8",
     "++projection.hidden_dim=8", "logger=[]",
 ]  # fmt: skip
+
+
+# tiny built-in text -> image data and models: every stage runs in about a second
+TINY_TEXT_IMAGE = [
+    "data.synth.num_classes=3", "data.synth.train_per_class=12", "data.synth.val_per_class=4",
+    "data.synth.test_per_class=4", "data.batch_size=8", "data.eval_batch_size=16",
+    "data.min_freq=1", "student.encoder.channels=[4,8,8,8]", "student.encoder.embedding_dim=8",
+    "teacher.encoder.d_model=8", "teacher.encoder.nhead=2", "teacher.encoder.num_layers=1",
+    "teacher.encoder.dim_feedforward=16", "callbacks.progress_bar=null",
+    "+trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
+def run_on_one_and_two_processes(
+    script: str, args: list[str], out_root: Path, timeout: int = 900
+) -> dict[int, list[dict]]:
+    """Run ``python script <out> <devices> *args`` for 1 and 2 processes (a worker that
+    writes ``<out>/rank<r>.json``); return each rank's JSON per process count."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+        "PYTHONWARNINGS": "ignore",
+    }
+    results = {}
+    for devices in (1, 2):
+        out = out_root / f"devices{devices}"
+        proc = subprocess.run(
+            [sys.executable, script, str(out), str(devices), *args],
+            cwd=out_root, env=env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        ranks = sorted(out.glob("rank*.json"))
+        assert len(ranks) == devices
+        results[devices] = [json.loads(p.read_text()) for p in ranks]
+    return results
 
 
 @pytest.fixture

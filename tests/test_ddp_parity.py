@@ -32,6 +32,8 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from conftest import run_on_one_and_two_processes
+
 REPO = Path(__file__).resolve().parents[1]
 # MFH exp1 (linear teacher + student, CE + KD) cut to 20 epochs; n_train = 200, so a
 # 1-process batch of 50 is 4 steps per epoch (and the teacher trains the same way)
@@ -165,22 +167,7 @@ def test_same_checkpoint_evaluates_identically_on_one_and_two_processes(
 
     face_voice = train(tiny_face_voice("face_voice/no_kd", "trainer.max_epochs=1"))
     run_dirs = [str(mfh_runs["ddp2"]["run"]), face_voice["run_dir"]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    results = {}
-    for devices in (1, 2):
-        out = tmp_path / f"devices{devices}"
-        proc = subprocess.run(
-            [sys.executable, __file__, str(out), str(devices), *run_dirs],
-            cwd=tmp_path,
-            env={**env, "PYTHONWARNINGS": "ignore"},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        ranks = sorted(out.glob("rank*.json"))
-        assert len(ranks) == devices
-        results[devices] = [json.loads(p.read_text()) for p in ranks]
+    results = run_on_one_and_two_processes(__file__, run_dirs, tmp_path, timeout=600)
     (single,) = results[1]
     assert {"val/acc", "test/acc"} <= set(single[run_dirs[0]])
     assert {"val/eer", "test/eer", "test/eer_snr0"} <= set(single[run_dirs[1]])

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +22,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import run_on_one_and_two_processes
 from crossdistill import builders
 from crossdistill.data.datamodules.verification import VerificationData
 from crossdistill.losses import LossComposer
@@ -201,22 +200,7 @@ def test_metrics_same_on_one_process_and_two_ddp_ranks(tiny_student, tmp_path):
     cfg_path, ckpt = tmp_path / "config.yaml", tmp_path / "student.pt"
     OmegaConf.save(cfg, cfg_path)
     torch.save(module.state_dict(), ckpt)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    results = {}
-    for devices in (1, 2):
-        out = tmp_path / f"devices{devices}"
-        proc = subprocess.run(
-            [sys.executable, __file__, str(cfg_path), str(ckpt), str(out), str(devices)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        ranks = sorted(out.glob("rank*.json"))
-        assert len(ranks) == devices
-        results[devices] = [json.loads(p.read_text()) for p in ranks]
+    results = run_on_one_and_two_processes(__file__, [str(cfg_path), str(ckpt)], tmp_path)
     (single,) = results[1]
     for per_rank in results[2]:
         assert per_rank["world_size"] == 2
@@ -252,4 +236,4 @@ def _worker(cfg_path: str, ckpt: str, out: str, devices: int) -> None:
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    _worker(sys.argv[3], sys.argv[4], sys.argv[1], int(sys.argv[2]))  # out, devices, cfg, ckpt

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import TINY_TEXT_IMAGE
 from crossdistill.data.generators.synth_captions import generate_synth_captions
 from crossdistill.models.heads import ProjectionHead
 from crossdistill.modules import DistillModule, StudentModule
@@ -29,29 +30,11 @@ NEEDS_PROJECTION = {
     "poor_teacher",
 }
 
-# tiny data and models: every stage runs in about a second
-TINY = [
-    "data.synth.num_classes=3",
-    "data.synth.train_per_class=12",
-    "data.synth.val_per_class=4",
-    "data.synth.test_per_class=4",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "data.min_freq=1",
-    "student.encoder.channels=[4,8,8,8]",
-    "student.encoder.embedding_dim=8",
-    "teacher.encoder.d_model=8",
-    "teacher.encoder.nhead=2",
-    "teacher.encoder.num_layers=1",
-    "teacher.encoder.dim_feedforward=16",
-    "callbacks.progress_bar=null",
-    "+trainer.enable_progress_bar=false",
-]
 
 
 def _tiny(name: str) -> list[str]:
     extra = ["projection.hidden_dim=8"] if name in NEEDS_PROJECTION else []
-    return [f"experiment=text_image/{name}", *TINY, *extra]
+    return [f"experiment=text_image/{name}", *TINY_TEXT_IMAGE, *extra]
 
 
 # ---------------------------------------------------------------------- configs

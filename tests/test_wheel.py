@@ -15,26 +15,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+import conftest
+
 REPO = Path(__file__).resolve().parents[1]
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "src", "conf")
 TINY_TEXT_IMAGE = [  # one batch per stage; the data are generated on first use
-    "experiment=text_image/kd",
-    "debug=fast_dev_run",
-    "data.synth.num_classes=3",
-    "data.synth.train_per_class=12",
-    "data.synth.val_per_class=4",
-    "data.synth.test_per_class=4",
-    "data.batch_size=8",
-    "data.eval_batch_size=16",
-    "data.min_freq=1",
-    "student.encoder.channels=[4,8,8,8]",
-    "student.encoder.embedding_dim=8",
-    "teacher.encoder.d_model=8",
-    "teacher.encoder.nhead=2",
-    "teacher.encoder.num_layers=1",
-    "teacher.encoder.dim_feedforward=16",
-    "callbacks.progress_bar=null",
-    "+trainer.enable_progress_bar=false",
+    "experiment=text_image/kd", "debug=fast_dev_run", *conftest.TINY_TEXT_IMAGE
 ]
 OWN_DATA = """\
 defaults:
