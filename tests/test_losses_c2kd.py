@@ -258,6 +258,7 @@ def test_spatial_uniformity_wang_isola_by_hand():
 #: module paths the feature configs leave to the experiment (``???``)
 FEATURE_PATHS = {
     "dskd": {"student": {"map": "encoder.ecapa.mfa"}},
+    "dskd_su": {"student": {"map": "encoder.ecapa.mfa"}},
     "fitnets_multi": {
         "student": {"l3": "encoder.backbone.layer3", "l4": "encoder.backbone.layer4"},
         "teacher": {"l3": "encoder.backbone.layer3", "l4": "encoder.backbone.layer4"},
