@@ -43,6 +43,7 @@ def table_from_spec(spec: TableSpec, table_dir: Path) -> Table:
         column_axis=spec.column_axis,
         paired_metrics=list(spec.paired_metrics) if spec.paired_metrics is not None else None,
         description=spec.description,
+        curve=spec.curve,
     )
     table.notes += duplicate_seed_notes(table)
     return table

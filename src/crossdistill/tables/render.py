@@ -192,11 +192,16 @@ def plot(table: Table, path: Path) -> Path:
 
 
 def write_all(table: Table, out: Path, png: bool = True) -> str:
-    """``table.md``, ``table.csv``, ``table_summary.csv`` and ``table.png`` in ``out``."""
+    """``table.md``, ``table.csv``, ``table_summary.csv``, ``table.png`` and, when the table
+    has a ``curve`` metric, ``curves.png`` (:mod:`crossdistill.tables.curves`) in ``out``."""
     text = markdown(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)
     write_csv(table, out)
     if png and table.metrics:
         plot(table, out / "table.png")
+    if png and table.curve is not None:
+        from crossdistill.tables.curves import plot_curves
+
+        plot_curves(table, table.curve, out / "curves.png")
     return text

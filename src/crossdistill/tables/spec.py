@@ -15,6 +15,7 @@
     column_axis: training images           # optional second axis
     columns: {"100 %": [data.train_fraction=1.0], "10 %": [data.train_fraction=0.1]}
     quick: {seeds: [0], overrides: [trainer.max_epochs=3]}  # merged in by --quick
+    curve: {key: val/acc, label: val top-1 %, scale: 100}  # curves.png: per-epoch means
 
 ``quick`` is a partial spec merged over the spec by ``--quick``; its ``overrides`` are added
 after the spec's, its ``columns`` replace the override lists of the columns it names.
@@ -33,7 +34,7 @@ from crossdistill.tables.table import Metric
 
 KEYS = {
     "title", "description", "rows", "baseline", "seeds", "metrics", "paired_metrics", "jobs",
-    "overrides", "column_axis", "columns", "quick",
+    "overrides", "column_axis", "columns", "quick", "curve",
 }
 ROW_KEYS = {"experiment", "overrides"}
 METRIC_KEYS = {"key", "label", "scale", "digits"}
@@ -72,6 +73,7 @@ class TableSpec:
     columns: tuple[Column, ...] = (Column(""),)
     description: str = ""
     source: str = ""
+    curve: Metric | None = None
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -228,6 +230,7 @@ def parse_spec(data: dict[str, Any], name: str = "table", source: str = "spec",
         columns=columns,
         description=str(data.get("description", "")),
         source=source,
+        curve=_metric(data["curve"], source) if data.get("curve") is not None else None,
     )
 
 
@@ -253,6 +256,9 @@ def spec_to_dict(spec: TableSpec) -> dict[str, Any]:
     }
     if spec.description:
         data["description"] = spec.description
+    if spec.curve is not None:
+        m = spec.curve
+        data["curve"] = {"key": m.key, "label": m.label, "scale": m.scale, "digits": m.digits}
     if spec.paired_metrics is not None:
         data["paired_metrics"] = list(spec.paired_metrics)
     if spec.columns != (Column(""),):

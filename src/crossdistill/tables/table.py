@@ -46,6 +46,7 @@ class Table:
     paired_metrics: list[str] | None = None  # None: every metric not of the teacher
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    curve: Metric | None = None  # a logged metric drawn per epoch in curves.png
 
     def cell_runs(self, row: str, column: str = "") -> list[Run]:
         return [r for r in self.runs.get((row, column), []) if not r.failed]
