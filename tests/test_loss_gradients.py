@@ -24,6 +24,8 @@ B, D, D_RAW, C, H, W = 4, 16, 12, 5, 3, 3
 #: Largest allowed |dL/dx| of one input element; see test_gradients_finite_and_bounded.
 GRAD_BOUND = 1e3
 
+#: AT/NST pairs on different grids: the teacher's [C, T] and the student's [C, H, W] pooled
+POOLED_PAIRS = [{"student": "seq", "teacher": "seq_long"}, {"student": "fine", "teacher": "map"}]
 #: Non-default code paths, on top of every registered term with its defaults.
 VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("feature_margin", {"distance": "l2", "margin": 0.0}),
@@ -37,15 +39,25 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("spatial_uniformity", {"side": "teacher"}),
     ("feature_hint", {"pairs": [{"student": "map", "teacher": "wide"}]}),  # 1x1 conv
     ("feature_hint", {"pairs": [{"student": "map", "teacher": "vec"}], "pool": True}),  # linear
+    ("at", {"pairs": POOLED_PAIRS}),
+    ("at", {"pairs": [{"student": "seq", "teacher": "map"}], "flatten_positions": True, "p": 1.0}),
+    ("nst", {"pairs": POOLED_PAIRS}),
+    ("nst", {"pairs": [{"student": "fine", "teacher": "seq"}], "flatten_positions": True}),
+    ("sp", {"student_feature": "map", "teacher_feature": "wide"}),
+    ("sp", {"teacher_field": "teacher_embedding"}),
+    ("pkt", {"student_feature": "seq", "teacher_field": "teacher_embedding"}),
 ]
 #: parameters a term cannot do without (the default entry of TERMS)
 REQUIRED_PARAMS: dict[str, dict[str, Any]] = {
     "feature_hint": {"pairs": [{"student": "map", "teacher": "map"}]},
+    "at": {"pairs": [{"student": "map", "teacher": "wide"}]},
+    "nst": {"pairs": [{"student": "map", "teacher": "wide"}]},
 }
 TERMS = [(name, REQUIRED_PARAMS.get(name, {})) for name in sorted(LOSS_TERMS)] + VARIANTS
 
 #: the named features make_inputs() records on each side (shape without the batch axis)
 FEATURES = {"map": (C, H, W), "wide": (C + 2, H, W), "vec": (D,)}
+FEATURES |= {"fine": (C, 2 * H, 2 * W + 1), "seq": (C, 6), "seq_long": (C + 1, 11)}  # AT/NST
 
 # (how, which side: the student's fields, the teacher's, or both)
 DEGENERATE = ["zeros", "one_zero_row", "tiny", "small", "duplicate_all", "duplicate_two"]

@@ -257,6 +257,8 @@ def test_spatial_uniformity_wang_isola_by_hand():
 
 #: module paths the feature configs leave to the experiment (``???``)
 FEATURE_PATHS = {
+    "at": {"student": {"map": "encoder.ecapa.mfa"}, "teacher": {"map": "encoder.backbone.layer1"}},
+    "nst": {"student": {"map": "encoder.ecapa.mfa"}, "teacher": {"map": "encoder.backbone.layer1"}},
     "dskd": {"student": {"map": "encoder.ecapa.mfa"}},
     "dskd_su": {"student": {"map": "encoder.ecapa.mfa"}},
     "fitnets_multi": {

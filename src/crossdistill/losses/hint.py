@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from torch import Tensor, nn
 
 from crossdistill.losses.base import LossInputs, LossTerm, register_loss
+from crossdistill.losses.pairs import parse_feature_pairs
 from crossdistill.models.connectors import build_connector
-
-
-def _parse_pairs(pairs: Any) -> list[tuple[str, str]]:
-    where = "feature_hint.pairs"
-    if isinstance(pairs, (str, Mapping)) or not isinstance(pairs, Sequence) or not pairs:
-        raise ValueError(
-            f"{where} must be a non-empty list of {{student: <name>, teacher: <name>}}, "
-            f"got {pairs!r}"
-        )
-    parsed = []
-    for k, pair in enumerate(pairs):
-        if not isinstance(pair, Mapping) or set(pair) != {"student", "teacher"}:
-            raise ValueError(
-                f"{where}[{k}] must be {{student: <name>, teacher: <name>}}, got {pair!r}"
-            )
-        parsed.append((str(pair["student"]), str(pair["teacher"])))
-    return parsed
 
 
 @register_loss("feature_hint")
@@ -53,7 +36,7 @@ class FeatureHintTerm(LossTerm):
 
     def __init__(self, pairs: Sequence[Mapping[str, str]], pool: bool = False) -> None:
         super().__init__()
-        self.pairs = _parse_pairs(pairs)
+        self.pairs = parse_feature_pairs(pairs, "feature_hint.pairs")
         self.pool = bool(pool)
         self.student_features = tuple(dict.fromkeys(s for s, _ in self.pairs))
         self.teacher_features = tuple(dict.fromkeys(t for _, t in self.pairs))
