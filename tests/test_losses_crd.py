@@ -291,3 +291,21 @@ def test_crd_checkpoint_round_trips_the_memory_banks(compose_cfg):
     assert term.z_teacher.item() == blob["state_dict"]["loss.terms.crd.z_teacher"].item() > 0
     assert OmegaConf.select(loaded.cfg, "distill.crd.num_negatives") == 16384
     assert term.k == num_train - 1
+
+
+@pytest.mark.parametrize("experiment", ["face_voice/no_kd", "text_image/no_kd", "mfh/exp1"])
+def test_every_datamodule_gives_the_training_position_as_index(experiment, compose_cfg):
+    """CRD's banks are indexed by ``batch["index"]``: it must be the sample's position in
+    the training dataset, every position once per epoch."""
+    from conftest import TINY_FACE_VOICE
+    from crossdistill import builders
+
+    tiny = {"face_voice/no_kd": TINY_FACE_VOICE, "text_image/no_kd": TINY_TEXT_IMAGE}
+    cfg = compose_cfg(f"experiment={experiment}", *tiny.get(experiment, []))
+    datamodule = builders.build_datamodule(cfg)
+    dataset = datamodule.dataset("train")
+    for i in (0, len(dataset) // 2, len(dataset) - 1):
+        assert int(dataset[i]["index"]) == i
+    seen = torch.cat([batch["index"] for batch in datamodule.train_dataloader()])
+    assert seen.dtype == torch.int64
+    assert len(set(seen.tolist())) == len(seen) and seen.min() >= 0 and seen.max() < len(dataset)
