@@ -309,3 +309,43 @@ def test_every_datamodule_gives_the_training_position_as_index(experiment, compo
     seen = torch.cat([batch["index"] for batch in datamodule.train_dataloader()])
     assert seen.dtype == torch.int64
     assert len(set(seen.tolist())) == len(seen) and seen.min() >= 0 and seen.max() < len(dataset)
+
+
+def _ddp_bank_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
+    )
+    try:
+        torch.manual_seed(0)  # the same heads and banks on both ranks, as DDP starts them
+        term = build_loss_term("crd", feat_dim=3, num_negatives=2)
+        term.bind_data_sizes(DataSizes(6, {"student_embedding": 2, "teacher_raw_embedding": 2}))
+        torch.manual_seed(10 + rank)  # each rank its own batch (uneven sizes) and negatives
+        batch = 3 if rank == 0 else 2
+        indices = torch.tensor([0, 1, 2]) if rank == 0 else torch.tensor([3, 4])
+        term(
+            LossInputs(
+                labels=torch.zeros(batch, dtype=torch.long),
+                student_embedding=torch.randn(batch, 2),
+                teacher_raw_embedding=torch.randn(batch, 2),
+                indices=indices,
+            )
+        )
+        torch.save(term.state_dict(), f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_keep_the_same_banks(tmp_path):
+    """Two gloo processes with different batches: after one step both hold identical banks
+    (every rank's rows updated on every rank) and the same Z."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_bank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    states = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    torch.manual_seed(0)
+    fresh = build_loss_term("crd", feat_dim=3, num_negatives=2)
+    fresh.bind_data_sizes(DataSizes(6, {"student_embedding": 2, "teacher_raw_embedding": 2}))
+    for key in ("memory_student", "memory_teacher", "z_student", "z_teacher"):
+        assert torch.equal(states[0][key], states[1][key]), key
+    changed = (states[0]["memory_student"] != fresh.memory_student).any(1)
+    assert changed.tolist() == [True] * 5 + [False]  # rows 0-2 of rank 0, 3-4 of rank 1
