@@ -122,6 +122,10 @@ class CRDTerm(LossTerm):
         self.eps = float(eps)
         self.num_samples = 0  # N, set by bind_data_sizes
         self.k = 0  # negatives per sample actually drawn: min(num_negatives, N - 1)
+        #: the heads (and the buffers memory_student / memory_teacher, z_student / z_teacher)
+        #: are made by bind_data_sizes
+        self.embed_student: nn.Linear | None = None
+        self.embed_teacher: nn.Linear | None = None
 
     # -- building --------------------------------------------------------------------
     def bind_data_sizes(self, sizes: DataSizes) -> None:
