@@ -20,7 +20,7 @@ import torch
 import yaml
 
 import crossdistill.losses  # noqa: F401  (registers every term)
-from crossdistill.losses import LossComposer, LossInputs
+from crossdistill.losses import DataSizes, LossComposer, LossInputs
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "distill"
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "distill_golden.json"
@@ -64,6 +64,7 @@ def _inputs(composer: LossComposer) -> LossInputs:
         teacher_embedding=randn(B, DIM),
         teacher_raw_embedding=randn(B, RAW_DIM),
         teacher_shared_logits=randn(B, NUM_CLASSES),
+        indices=torch.tensor([3, 0, 17, 8, 11, 19]),  # positions in a training set of NUM_TRAIN
     )
     for side in ("student", "teacher"):
         for name in sorted(composer.feature_taps[side]):
@@ -83,6 +84,13 @@ def golden_values(name: str) -> dict[str, float]:
                 for feats in (inputs.student_features, inputs.teacher_features)
             )
         )
+    sizes = DataSizes(
+        NUM_TRAIN,
+        {"student_embedding": DIM, "teacher_embedding": DIM, "teacher_raw_embedding": RAW_DIM},
+    )
+    for term in composer.terms.values():
+        if term.needs_data_sizes:  # memory banks, embedding heads (CRD)
+            term.bind_data_sizes(sizes)
     _, parts = composer(inputs)
     return {key: float(value) for key, value in sorted(parts.items())}
 

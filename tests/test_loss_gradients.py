@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 import crossdistill.losses  # noqa: F401  (registers every term)
 from crossdistill.losses import LossComposer, LossInputs, build_loss_term
-from crossdistill.losses.base import LOSS_TERMS, LossTerm
+from crossdistill.losses.base import LOSS_TERMS, DataSizes, LossTerm
 from crossdistill.models.heads import AdditiveAngularMarginClassifier
 
 B, D, D_RAW, C, H, W = 4, 16, 12, 5, 3, 3
@@ -46,6 +46,9 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("sp", {"student_feature": "map", "teacher_feature": "wide"}),
     ("sp", {"teacher_field": "teacher_embedding"}),
     ("pkt", {"student_feature": "seq", "teacher_field": "teacher_embedding"}),
+    ("dkd", {"beta": 0.5, "temperature": 1.0}),  # the DKD paper's ImageNet setting
+    ("dist", {"tau": 4.0}),
+    ("crd", {"objective": "softmax", "teacher_field": "teacher_embedding"}),
 ]
 #: parameters a term cannot do without (the default entry of TERMS)
 REQUIRED_PARAMS: dict[str, dict[str, Any]] = {
@@ -116,6 +119,8 @@ def make_inputs(how: str, side: str, seed: int = 0) -> tuple[LossInputs, dict[st
         is_student = field.startswith("student")
         if field == "labels":
             values[field] = torch.arange(batch) % C
+        elif field == "indices":  # distinct training-set rows, as in one epoch
+            values[field] = torch.arange(batch) * 2
         elif field == "sample_weights":
             values[field] = torch.rand(batch, generator=gen) + 0.5
         elif field.endswith("_features"):
@@ -134,6 +139,9 @@ def build_term(name: str, params: dict[str, Any]) -> LossTerm:
     if term.needs_feature_shapes:
         shapes = {n: (B, *shape) for n, shape in FEATURES.items()}
         term.bind_feature_shapes(shapes, shapes)
+    if term.needs_data_sizes:  # a training set of 2 B samples (indices 0, 2, .. in make_inputs)
+        dims = {"student_embedding": D, "teacher_embedding": D, "teacher_raw_embedding": D_RAW}
+        term.bind_data_sizes(DataSizes(num_train_samples=2 * B, embedding_dims=dims))
     return term
 
 

@@ -170,6 +170,11 @@ def build_student_module(
             build_teacher_cache(cfg, datamodule, teacher) if teacher is not None else None
         ),
         example_batch=_example_batch(datamodule) if loss.needs_feature_shapes else None,
+        num_train_samples=(
+            len(datamodule.dataset("train"))
+            if any(term.needs_data_sizes for term in loss.terms.values())
+            else None
+        ),
         **common,
     )
 

@@ -36,6 +36,7 @@ class LossInputs:
     #: named intermediate outputs of the frozen teacher (``distill.features.teacher``)
     teacher_features: dict[str, Tensor] = field(default_factory=dict)
     sample_weights: Tensor | None = None  # [B] per-sample quality weights
+    indices: Tensor | None = None  # [B] int64 positions in the training set (batch["index"])
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -75,6 +76,8 @@ class LossTerm(nn.Module):
     teacher_features: tuple[str, ...] = ()
     #: the term builds trainable parts from the feature shapes (:meth:`bind_feature_shapes`)
     needs_feature_shapes: ClassVar[bool] = False
+    #: the term builds parts from the training-set size / embedding dims (:meth:`bind_data_sizes`)
+    needs_data_sizes: ClassVar[bool] = False
     per_sample: ClassVar[bool] = True
     #: distillation terms are scaled by quality weights; the supervised CE is not.
     uses_sample_weights: ClassVar[bool] = True
@@ -91,6 +94,20 @@ class LossTerm(nn.Module):
     ) -> None:
         """Called once when the module is built, with the shapes of the features this term
         reads (from one dry forward), before the optimizer exists: build connectors here."""
+
+    def bind_data_sizes(self, sizes: DataSizes) -> None:
+        """Called once when the module is built (when ``needs_data_sizes``), with sizes only
+        the data know, before the optimizer exists: build heads and buffers here."""
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    """Sizes only the data and models know, bound to terms when the module is built."""
+
+    num_train_samples: int  # N: length of the training dataset (range of ``indices``)
+    #: last dim of each embedding field: ``student_embedding``, ``teacher_embedding`` and
+    #: ``teacher_raw_embedding`` (the teacher ones only when there is a teacher)
+    embedding_dims: Mapping[str, int] = field(default_factory=dict)
 
 
 LOSS_TERMS: dict[str, type[LossTerm]] = {}

@@ -10,7 +10,7 @@ from pytorch_lightning.utilities.seed import isolate_rng
 from torch import Tensor, nn
 
 from crossdistill.cache import TeacherFeatureCache
-from crossdistill.losses import LossComposer, LossInputs
+from crossdistill.losses import DataSizes, LossComposer, LossInputs
 from crossdistill.models.taps import FeatureRecorder
 from crossdistill.modules.supervised import OptimizerFactory, SchedulerFactory, StudentModule
 
@@ -91,6 +91,11 @@ class DistillModule(StudentModule):
     from it instead of running the teacher (valid only when the teacher input is a function
     of the index; eval still runs the teacher). It holds embeddings only, so configs whose
     terms read teacher features are refused.
+
+    ``num_train_samples``: the length of the training dataset, for terms that keep one
+    row per training sample (``needs_data_sizes``, e.g. CRD's memory banks); they are
+    bound here with it and the embedding dims, before the optimizer is made, and read
+    ``batch["index"]`` (``LossInputs.indices``).
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class DistillModule(StudentModule):
         evaluator: nn.Module | None = None,
         teacher_cache: TeacherFeatureCache | None = None,
         example_batch: Mapping[str, Tensor] | None = None,
+        num_train_samples: int | None = None,
     ) -> None:
         super().__init__(
             encoder, classifier, num_classes, optimizer, scheduler, loss, top_k, evaluator
@@ -156,6 +162,31 @@ class DistillModule(StudentModule):
                     "DistillModule an example_batch (builders.build_student_module does)"
                 )
             self.loss.bind_feature_shapes(*self.feature_shapes(example_batch))
+        sized = [term for term in self.loss.terms.values() if term.needs_data_sizes]
+        if sized:
+            if num_train_samples is None:
+                raise ValueError(
+                    f"loss terms {[t.name for t in sized]} keep one row per training sample: "
+                    "give the DistillModule num_train_samples (builders.build_student_module "
+                    "does)"
+                )
+            sizes = DataSizes(int(num_train_samples), self.embedding_dims())
+            for term in sized:
+                term.bind_data_sizes(sizes)
+
+    @torch.no_grad()
+    def embedding_dims(self) -> dict[str, int]:
+        """Last dim of ``student_embedding`` and, with a teacher, ``teacher_raw_embedding``
+        and ``teacher_embedding`` (the projection run once on zeros, in eval mode)."""
+        dims = {"student_embedding": int(self.encoder.embedding_dim)}
+        if self.teacher_encoder is not None:
+            t_dim = int(self.teacher_encoder.embedding_dim)
+            dims["teacher_raw_embedding"] = dims["teacher_embedding"] = t_dim
+            if self.projection is not None:
+                with isolate_rng(), eval_mode(self.projection):
+                    projected = self.projection(torch.zeros(2, t_dim))
+                dims["teacher_embedding"] = int(projected.shape[-1])
+        return dims
 
     @property
     def needs_teacher(self) -> bool:
@@ -252,6 +283,14 @@ class DistillModule(StudentModule):
             inputs.teacher_embedding = projected
             if "teacher_shared_logits" in needed:
                 inputs.teacher_shared_logits = self.classifier(projected, labels)
+        if "indices" in needed:
+            if "index" not in batch:
+                raise ValueError(
+                    "a loss term reads the sample indices, but the batch has no 'index' (keys: "
+                    f"{sorted(batch)}); the datamodule must give index = position in its "
+                    "training dataset (docs/CONVENTIONS.md)"
+                )
+            inputs.indices = batch["index"]
         if self.quality is not None:
             inputs.sample_weights = self.quality(batch, inputs)
         return inputs
