@@ -66,14 +66,14 @@ class VesselClass:
 
 
 VESSELS: tuple[VesselClass, ...] = (
-    VesselClass("tanker", (0.62, 0.80), (5.5, 6.5), "round", "square", ((-0.78, 0.12, 1.0),)),
+    VesselClass("tanker", (0.62, 0.80), (4.5, 5.5), "round", "square", ((-0.78, 0.12, 1.0),)),
     VesselClass(
-        "container", (0.62, 0.80), (6.5, 7.5), "pointed", "square",
+        "container", (0.62, 0.80), (5.5, 6.5), "pointed", "square",
         ((-0.72, 0.08, 1.0), (0.15, 0.45, 0.45)),
     ),
-    VesselClass("ferry", (0.45, 0.60), (3.6, 4.4), "round", "round", ((0.0, 0.6, 0.8),)),
+    VesselClass("ferry", (0.45, 0.60), (3.2, 3.8), "round", "round", ((0.0, 0.6, 0.8),)),
     VesselClass(
-        "frigate", (0.50, 0.68), (7.5, 8.5), "pointed", "square",
+        "frigate", (0.50, 0.68), (6.5, 7.5), "pointed", "square",
         ((0.15, 0.14, 1.0), (-0.35, 0.10, 0.7)),
     ),
     VesselClass("fishing", (0.26, 0.36), (2.8, 3.4), "pointed", "square", ((0.45, 0.2, 0.8),)),
@@ -81,7 +81,7 @@ VESSELS: tuple[VesselClass, ...] = (
     VesselClass("barge", (0.30, 0.45), (2.3, 2.8), "blunt", "square"),
     VesselClass("tug", (0.20, 0.28), (1.9, 2.3), "round", "square", ((0.05, 0.32, 1.0),)),
 )  # fmt: skip
-HULL_COLOURS = ((60, 60, 65), (120, 40, 35), (25, 25, 30), (200, 200, 195), (40, 50, 90))
+HULL_COLOURS = ((60, 60, 65), (120, 40, 35), (25, 25, 30), (95, 95, 85), (40, 50, 90))
 TOP_COLOURS = ((235, 235, 230), (215, 210, 190), (170, 170, 175), (230, 120, 40))
 
 
@@ -193,6 +193,7 @@ def draw_scene(rng: np.random.Generator, label: int, size: int) -> dict[str, Any
     length = rng.uniform(*vessel.length) * size
     half = length / 2
     margin = half * 0.8 + 1
+    sun = rng.uniform(0, 2 * np.pi)
     tops = [
         (pos + rng.uniform(-0.05, 0.05), hl * rng.uniform(0.85, 1.15), h * rng.uniform(0.8, 1.2))
         for pos, hl, h in vessel.superstructures
@@ -210,6 +211,7 @@ def draw_scene(rng: np.random.Generator, label: int, size: int) -> dict[str, Any
         "top_colour": np.array(TOP_COLOURS[int(rng.integers(len(TOP_COLOURS)))], float),
         "sea_colour": np.array([rng.uniform(10, 45), rng.uniform(45, 95), rng.uniform(80, 150)]),
         "light": rng.uniform(0.7, 1.25),
+        "sun": 1.5 * np.array([np.cos(sun), np.sin(sun)]) * size / 32,
         "wake": rng.random() < 0.5,
     }
 
@@ -239,7 +241,7 @@ def _hull_mask(vessel: VesselClass, hw: float, u: np.ndarray, v: np.ndarray) -> 
 
 def _top_masks(scene: dict[str, Any], u: np.ndarray, v: np.ndarray) -> list[np.ndarray]:
     hw = scene["half_width"]
-    return [(np.abs(u - p) <= hl) & (np.abs(v) <= 0.65 * hw) for p, hl, _ in scene["tops"]]
+    return [(np.abs(u - p) <= hl) & (np.abs(v) <= 0.75 * hw) for p, hl, _ in scene["tops"]]
 
 
 def render_optical(scene: dict[str, Any], rng: np.random.Generator, size: int) -> np.ndarray:
@@ -261,6 +263,11 @@ def render_optical(scene: dict[str, Any], rng: np.random.Generator, size: int) -
         wake = (u < -1) & (u > -2.4) & (np.abs(v) <= hw * (1 + 0.8 * behind))
         layers.append((0.35 * _area(wake * (1 - behind / 1.4)), np.array([220.0, 230, 235])))
     layers.append((_area(_hull_mask(vessel, hw, u, v)), scene["hull_colour"]))
+    sun = scene["sun"]
+    for p, hl, height in scene["tops"]:  # shadow cast by each superstructure, then its top
+        us, vs = _hull_frame(scene, x - sun[0] * height, y - sun[1] * height)
+        shadow = (np.abs(us - p) <= hl) & (np.abs(vs) <= 0.75 * hw)
+        layers.append((0.6 * _area(shadow), np.zeros(3)))
     for mask in _top_masks(scene, u, v):
         layers.append((_area(mask), scene["top_colour"]))
     if vessel.mast:
@@ -287,7 +294,7 @@ def scene_reflectivity(
     layover = 0.25 * size * params.distortion
     for p, hl, height in scene["tops"]:
         uu, vv = _hull_frame(scene, xw, yw + layover * height)
-        top = (np.abs(uu - p) <= hl) & (np.abs(vv) <= 0.65 * scene["half_width"])
+        top = (np.abs(uu - p) <= hl) & (np.abs(vv) <= 0.75 * scene["half_width"])
         refl = np.maximum(refl, rng.uniform(0.8, 1.2) * height * top)
     if vessel.mast:
         uu, vv = _hull_frame(scene, xw, yw + layover * 1.5)
