@@ -188,9 +188,8 @@ class OpticalRadarDataModule(PairedDataModule):
             return
         self.folder = self._folder()
         self.splits = read_paired_folder(
-            self.folder, ("optical", "radar"), self.val_fraction, self.test_fraction,
-            self.split_seed,
-        )  # fmt: skip
+            self.folder, self.val_fraction, self.test_fraction, self.split_seed
+        )
         self.class_names = list(self.splits["train"].classes)
         tensors = {
             split: (

@@ -147,10 +147,10 @@ def scan_split(
 
 def read_paired_folder(
     root: str | Path,
-    modalities: Sequence[str] = MODALITIES,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     seed: int = 0,
+    modalities: Sequence[str] = MODALITIES,
 ) -> dict[str, PairedFolderSplit]:
     """``{train, val, test}`` splits of a paired folder: split subfolders where present
     (``train`` required then), the others carved stratified and seeded from train
