@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from crossdistill.data.datamodules.optical_radar import OpticalRadarDataModule
@@ -280,7 +281,7 @@ def test_datamodule_batches_shapes_and_index(tmp_path):
     batch = next(iter(dm.loader("val", ordered=True)))
     assert batch["teacher_input"].shape == (6, 3, 16, 16)
     assert batch["student_input"].shape == (6, 1, 8, 8)
-    assert batch["index"].tolist() == list(range(6)) and batch["label"].dtype.name == "int64"
+    assert batch["index"].tolist() == list(range(6)) and batch["label"].dtype == torch.int64
     train = dm.dataset("train")
     assert abs(float(train.teacher.mean())) < 1e-4  # normalised with train statistics
     assert dm.sample_ids("val")[0].count("/") == 1
