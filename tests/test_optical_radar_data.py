@@ -20,6 +20,7 @@ from crossdistill.data.generators.synth_optical_radar import (
     finish_radar,
     generate_radar_from_images,
     generate_synth_optical_radar,
+    radar_from_image,
 )
 from crossdistill.data.readers.mnist_idx import IdxFormatError, read_mnist_split
 from crossdistill.data.readers.paired_folder import PairedFolderError, read_paired_folder
@@ -88,12 +89,26 @@ def test_speckle_mean_one_and_variance_one_over_looks_on_a_flat_region():
         assert ratio.var() == pytest.approx(1.0 / looks, rel=0.05)
 
 
-def test_clutter_brightens_the_sea_and_distortion_moves_the_object():
+def test_clutter_brightens_the_sea():
     rng = np.random.default_rng(1)
     dark = np.zeros((32, 32))
     calm = finish_radar(dark, RadarParams(radar_size=16, clutter=0.0), rng)
     rough = finish_radar(dark, RadarParams(radar_size=16, clutter=0.8), rng)
     assert calm.max() == 0 and rough.mean() > 5
+
+
+def test_distortion_moves_and_warps_the_object():
+    image = np.zeros((32, 32), np.uint8)
+    image[4:12, 4:12] = 255  # a bright square in the top-left corner
+    nearly_clean = {"radar_size": 16, "looks": 1e6, "clutter": 0.0}
+    rng = np.random.default_rng(2)
+    straight = radar_from_image(image, RadarParams(distortion=0.0, **nearly_clean), rng)
+    expected = image.reshape(16, 2, 16, 2).mean((1, 3)) / 255 * 100  # gain 100
+    assert np.abs(straight.astype(float) - expected).max() <= 2
+    warped = [
+        radar_from_image(image, RadarParams(distortion=0.8, **nearly_clean), rng) for _ in range(5)
+    ]
+    assert all(np.abs(w.astype(float) - expected).max() > 30 for w in warped)
 
 
 # ------------------------------------------------------------------ paired folder
@@ -291,3 +306,21 @@ def test_datamodule_batches_shapes_and_index(tmp_path):
 def test_datamodule_rejects_unknown_radar_option(tmp_path):
     with pytest.raises(TypeError, match=r"unknown data.radar option\(s\) \['look'\]"):
         OpticalRadarDataModule(data_dir=str(tmp_path), radar={"look": 2})
+
+
+def test_paired_folder_source_trains_end_to_end(compose_cfg, tmp_path):
+    from crossdistill.pipeline import train
+
+    ids = {name: [f"{name}{i}" for i in range(8)] for name in ("ship", "rock", "buoy")}
+    make_pairs(tmp_path / "pairs", {"optical": ids, "radar": ids})
+    cfg = compose_cfg(
+        "experiment=optical_radar/fitnets_multi",
+        "data=paired_folder",
+        f"data.root={tmp_path / 'pairs'}",
+        "data.batch_size=4",
+        "debug=fast_dev_run",
+        "logger=[]",
+        "callbacks.progress_bar=null",
+    )
+    summary = train(cfg)
+    assert summary["student"] and summary["teacher"]
