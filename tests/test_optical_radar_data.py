@@ -275,7 +275,10 @@ def test_real_mnist_test_set_when_available(tmp_path):
     root = generate_radar_from_images(
         tmp_path, "mnist", MNIST_DIR, RadarParams(radar_size=14), max_per_class=20
     )
-    assert json.loads((root / "manifest.json").read_text())["source"] == "mnist"
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["source"] == "mnist"
+    # only t10k there: 20 per class kept, 4 carved as test, 2 as val
+    assert [manifest["counts"][s]["7"] for s in ("train", "val", "test")] == [14, 2, 4]
 
 
 # ------------------------------------------------------------------ data module

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crossdistill.data.readers.captions import stratified_split, stratified_subset
+from crossdistill.data.readers.captions import stratified_split
 from crossdistill.data.readers.mnist_idx import available_mnist_splits, read_mnist_split
 from crossdistill.data.readers.paired_folder import load_image_array, scan_modality
 
@@ -489,14 +489,26 @@ def carve_splits(
     max_per_class: int | None,
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """Stratified, seeded train/val/test indices (a given test part is kept as test)."""
+    """Stratified, seeded train/val/test indices: a given test part (``is_test``) is kept
+    as test; ``max_per_class`` keeps at most that many of each class in the rest (seeded),
+    from which ``test_fraction`` (unless given) and ``val_fraction`` are carved."""
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
+        )
     pool = np.arange(len(labels))
     if is_test is not None:
         test, pool = pool[is_test], pool[~is_test]
     if max_per_class:
-        counts = np.bincount(labels[pool])
-        fraction = min(1.0, max_per_class / max(counts.min(), 1))
-        pool = pool[stratified_subset(labels[pool], fraction, seed)]
+        rng = np.random.default_rng([seed, 2])
+        kept = [
+            rng.permutation(pool[labels[pool] == c])[:max_per_class]
+            for c in np.unique(labels[pool])
+        ]
+        pool = np.sort(np.concatenate(kept))
     if is_test is None:
         pool_keep, test_part = stratified_split(labels[pool], test_fraction, seed)
         test, pool = pool[test_part], pool[pool_keep]

@@ -156,6 +156,9 @@ def read_paired_folder(
     (``train`` required then), the others carved stratified and seeded from train
     (``val_fraction`` / ``test_fraction`` of each class)."""
     root = Path(root).expanduser()
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
     if not root.is_dir():
         raise FileNotFoundError(
             f"paired folder {root} does not exist; expected <root>/[{{train,val,test}}/]"
