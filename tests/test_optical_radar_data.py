@@ -327,3 +327,21 @@ def test_paired_folder_source_trains_end_to_end(compose_cfg, tmp_path):
     )
     summary = train(cfg)
     assert summary["student"] and summary["teacher"]
+
+
+def test_mnist_source_trains_end_to_end(compose_cfg, tmp_path):
+    from crossdistill.pipeline import train
+
+    tiny_mnist(tmp_path / "mnist", "t10k", 50, gz=True)
+    cfg = compose_cfg(
+        "experiment=optical_radar/dskd",
+        "data=optical_radar_mnist",
+        f"data.root={tmp_path / 'mnist'}",
+        "data.batch_size=8",
+        "debug=fast_dev_run",
+        "logger=[]",
+        "callbacks.progress_bar=null",
+    )
+    summary = train(cfg)
+    assert summary["student"]
+    assert (tmp_path / "data" / "optical_radar").is_dir()
