@@ -71,6 +71,16 @@ TINY_TEXT_IMAGE = [
 ]  # fmt: skip
 
 
+# tiny built-in optical -> radar data (3 classes, 16 px optical / 8 px radar) and CNNs
+TINY_OPTICAL_RADAR = [
+    "data.synth.num_classes=3", "data.synth.train_per_class=8", "data.synth.val_per_class=2",
+    "data.synth.test_per_class=2", "data.synth.image_size=16", "data.radar.radar_size=8",
+    "data.batch_size=8", "student.encoder.channels=[4,8,8]", "student.encoder.embedding_dim=8",
+    "teacher.encoder.channels=[4,8,8]", "teacher.encoder.embedding_dim=8",
+    "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false",
+]  # fmt: skip
+
+
 def run_on_one_and_two_processes(
     script: str, args: list[str], out_root: Path, timeout: int = 900
 ) -> dict[int, list[dict]]:

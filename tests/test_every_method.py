@@ -14,11 +14,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY_FACE_VOICE, TINY_TEXT_IMAGE
+from conftest import TINY_FACE_VOICE, TINY_OPTICAL_RADAR, TINY_TEXT_IMAGE
 from crossdistill.pipeline import train
 from crossdistill.utils.config import CONFIG_DIR
 
 METHODS = sorted(p.stem for p in (CONFIG_DIR / "distill").glob("*.yaml"))
+
+#: options for map pairs of different layouts ([B, C, T] vs [B, C, H, W])
+CROSS_LAYOUT = {
+    "at": ["distill.at.flatten_positions=true"],
+    "nst": ["distill.nst.flatten_positions=true"],
+    "fitnets_multi": ["distill.feature_hint.pool=true"],
+}
 
 #: per pair: the tiny-data overrides, the module paths of the map names the configs
 #: declare, and overrides for cross-modal map pairs
@@ -31,7 +38,15 @@ PAIRS: dict[str, dict] = {
             "teacher": {"map": "encoder.backbone.layer4", "l3": "encoder.backbone.layer3",
                         "l4": "encoder.backbone.layer4"},
         },
-        "cross_layout": True,  # ECAPA [B, C, T] vs a timm ResNet [B, C, H, W]
+        "method_overrides": CROSS_LAYOUT,  # ECAPA [B, C, T] vs a timm ResNet [B, C, H, W]
+    },
+    "optical_radar": {
+        "overrides": TINY_OPTICAL_RADAR,
+        "features": {
+            side: {"map": "encoder.blocks.1", "l3": "encoder.blocks.1", "l4": "encoder.blocks.2"}
+            for side in ("student", "teacher")
+        },
+        "method_overrides": {"fitnets_multi": ["distill.feature_hint.pool=true"]},  # 8 vs 4 px
     },
     "text_image": {
         "overrides": TINY_TEXT_IMAGE,
@@ -41,13 +56,8 @@ PAIRS: dict[str, dict] = {
             "teacher": {name: "{path:encoder.encoder.layers.0,channels_last:true}"
                         for name in ("map", "l3", "l4")},
         },
-        "cross_layout": True,  # an image map vs text tokens [B, C, L]
+        "method_overrides": CROSS_LAYOUT,  # an image map vs text tokens [B, C, L]
     },
-}
-CROSS_LAYOUT = {
-    "at": ["distill.at.flatten_positions=true"],
-    "nst": ["distill.nst.flatten_positions=true"],
-    "fitnets_multi": ["distill.feature_hint.pool=true"],
 }
 
 
@@ -62,8 +72,7 @@ def method_overrides(pair: str, method: str) -> list[str]:
     ]
     if (spec.get("features") or {}).get("teacher"):  # the feature cache holds embeddings only
         overrides.append("++teacher.cache_features=false")
-    if PAIRS[pair]["cross_layout"]:
-        overrides += CROSS_LAYOUT.get(method, [])
+    overrides += PAIRS[pair]["method_overrides"].get(method, [])
     return overrides
 
 

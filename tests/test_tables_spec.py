@@ -212,3 +212,20 @@ def test_text_image_spec_end_to_end_tiny(tmp_path):
     assert text.count("| both (C2KD) |") == 2  # the results table and the paired table
     assert "| row | Δ top-1 % ↑ (100 %) | Δ top-1 % ↑ (50 %) |" in text
     assert "(n=2)" in text and (out / "table.png").stat().st_size > 0
+
+
+def test_column_contrast_compares_the_paired_differences_of_two_columns(tmp_path, monkeypatch):
+    spec_file = tmp_path / "tiny.yaml"
+    spec = {**SPEC, "column_contrast": ["γ=1", "γ=0"]}
+    spec_file.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    monkeypatch.setattr(runner.subprocess, "run", fake_train([]))
+    out = tmp_path / "table"
+    assert main(["run", str(spec_file), "--out", str(out)]) == 0
+    text = (out / "table.md").read_text()
+    # KD − no KD per seed: γ=0 +0.01, -0.02, +0.04; γ=1 +0.1 each -> ΔΔ 0.09, 0.12, 0.06:
+    # mean 0.09, sample sd 0.03, half-width t(0.975, 2) * 0.03 / sqrt(3) = 0.0745
+    half = 4.302653 * 0.03 / math.sqrt(3)
+    assert "ΔΔ = Δ at `γ=1` − Δ at `γ=0`" in text
+    assert f"| KD | +0.090 [{0.09 - half:+.3f}, {0.09 + half:+.3f}] (n=3), resolved |" in text
+    with pytest.raises(ValueError, match="column_contrast must name two different columns"):
+        parse_spec({**SPEC, "column_contrast": ["γ=1", "γ=2"]})

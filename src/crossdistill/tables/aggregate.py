@@ -44,6 +44,7 @@ def table_from_spec(spec: TableSpec, table_dir: Path) -> Table:
         paired_metrics=list(spec.paired_metrics) if spec.paired_metrics is not None else None,
         description=spec.description,
         curve=spec.curve,
+        column_contrast=spec.column_contrast,
     )
     table.notes += duplicate_seed_notes(table)
     return table

@@ -82,6 +82,7 @@ def markdown(table: Table) -> str:
                     cells.append(diff.format(m.scale, m.digits) if diff else "—")
             body.append([row, *cells])
         lines += _md_table(head, body)
+        lines += _contrast_lines(table, paired)
     failed = table.failed_runs()
     if failed:
         lines += ["", f"Failed or unfinished runs (no metrics.json, left out): {len(failed)}"]
@@ -89,6 +90,29 @@ def markdown(table: Table) -> str:
     if table.notes:
         lines += ["", *(f"Note: {n}" for n in table.notes)]
     return "\n".join(lines) + "\n"
+
+
+def _contrast_lines(table: Table, paired: list[Metric]) -> list[str]:
+    """The ``column_contrast`` section: does a row's paired difference change between two
+    columns (e.g. grow from a small to a large modality gap)?"""
+    if table.column_contrast is None:
+        return []
+    a, b = table.column_contrast
+    lines = ["", f"ΔΔ = Δ at `{a}` − Δ at `{b}`, per seed (each Δ paired to "
+             f"`{table.baseline}` on that seed), mean with its 95 % Student-t interval over "
+             "the seeds all four cells share; > 0 means the difference is larger at "
+             f"`{a}` than at `{b}`; \"not resolved\" = the interval contains 0.", ""]
+    head = ["row"] + [f"ΔΔ {_header(m, '')}" for m in paired]
+    body = []
+    for row in table.rows:
+        if row == table.baseline:
+            continue
+        cells = []
+        for m in paired:
+            diff = table.contrast(row, m.key)
+            cells.append(diff.format(m.scale, m.digits) if diff else "—")
+        body.append([row, *cells])
+    return lines + _md_table(head, body)
 
 
 def _fmt(value: float) -> str:

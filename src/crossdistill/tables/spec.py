@@ -16,6 +16,7 @@
     columns: {"100 %": [data.train_fraction=1.0], "10 %": [data.train_fraction=0.1]}
     quick: {seeds: [0], overrides: [trainer.max_epochs=3]}  # merged in by --quick
     curve: {key: val/acc, label: val top-1 %, scale: 100}  # curves.png: per-epoch means
+    column_contrast: ["10 %", "100 %"]  # does each row's paired difference change between them?
 
 ``quick`` is a partial spec merged over the spec by ``--quick``; its ``overrides`` are added
 after the spec's, its ``columns`` replace the override lists of the columns it names.
@@ -34,7 +35,7 @@ from crossdistill.tables.table import Metric
 
 KEYS = {
     "title", "description", "rows", "baseline", "seeds", "metrics", "paired_metrics", "jobs",
-    "overrides", "column_axis", "columns", "quick", "curve",
+    "overrides", "column_axis", "columns", "quick", "curve", "column_contrast",
 }
 ROW_KEYS = {"experiment", "overrides"}
 METRIC_KEYS = {"key", "label", "scale", "digits"}
@@ -74,6 +75,7 @@ class TableSpec:
     description: str = ""
     source: str = ""
     curve: Metric | None = None
+    column_contrast: tuple[str, str] | None = None
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -216,6 +218,14 @@ def parse_spec(data: dict[str, Any], name: str = "table", source: str = "spec",
     else:
         raise _fail(source, f"columns must be a mapping: column name -> overrides, got "
                     f"{columns_data!r}")
+    contrast = data.get("column_contrast")
+    if contrast is not None:
+        names = [c.name for c in columns]
+        if (not isinstance(contrast, list) or len(contrast) != 2
+                or not all(str(c) in names for c in contrast) or contrast[0] == contrast[1]):
+            raise _fail(source, f"column_contrast must name two different columns of {names}, "
+                        f"got {contrast!r}")
+        contrast = (str(contrast[0]), str(contrast[1]))
     return TableSpec(
         name=name,
         title=str(data.get("title", name)),
@@ -231,6 +241,7 @@ def parse_spec(data: dict[str, Any], name: str = "table", source: str = "spec",
         description=str(data.get("description", "")),
         source=source,
         curve=_metric(data["curve"], source) if data.get("curve") is not None else None,
+        column_contrast=contrast,
     )
 
 
@@ -256,6 +267,8 @@ def spec_to_dict(spec: TableSpec) -> dict[str, Any]:
     }
     if spec.description:
         data["description"] = spec.description
+    if spec.column_contrast is not None:
+        data["column_contrast"] = list(spec.column_contrast)
     if spec.curve is not None:
         m = spec.curve
         data["curve"] = {"key": m.key, "label": m.label, "scale": m.scale, "digits": m.digits}

@@ -47,6 +47,8 @@ class Table:
     description: str = ""
     notes: list[str] = field(default_factory=list)
     curve: Metric | None = None  # a logged metric drawn per epoch in curves.png
+    #: ``(a, b)``: columns whose paired differences are compared (does an effect grow?)
+    column_contrast: tuple[str, str] | None = None
 
     def cell_runs(self, row: str, column: str = "") -> list[Run]:
         return [r for r in self.runs.get((row, column), []) if not r.failed]
@@ -75,6 +77,19 @@ class Table:
         return paired_difference(
             self.by_seed(row, column, metric), self.by_seed(self.baseline, column, metric)
         )
+
+    def contrast(self, row: str, metric: str) -> PairedDifference | None:
+        """How the paired difference changes between the two ``column_contrast`` columns:
+        per seed ``(row - baseline at a) - (row - baseline at b)``, with its t interval over
+        the seeds all four cells share; ``None`` for the baseline or without a contrast."""
+        if self.column_contrast is None or self.baseline is None or row == self.baseline:
+            return None
+        deltas = []
+        for column in self.column_contrast:
+            ours, base = self.by_seed(row, column, metric), self.by_seed(self.baseline, column,
+                                                                          metric)
+            deltas.append({s: ours[s] - base[s] for s in ours.keys() & base.keys()})
+        return paired_difference(deltas[0], deltas[1])
 
     @property
     def paired_keys(self) -> list[str]:
