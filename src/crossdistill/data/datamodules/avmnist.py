@@ -84,6 +84,7 @@ def split_recordings(
 ) -> dict[str, np.ndarray]:
     """Positions in ``recordings`` of train / val / test (see module docstring)."""
     speakers = np.array([r.speaker for r in recordings])
+    known = sorted({r.speaker for r in recordings})
     if protocol == "customary":
         if test_speakers:
             raise ValueError(
@@ -92,11 +93,10 @@ def split_recordings(
             )
         is_test = np.array([r.index < customary_test_indices for r in recordings])
     else:
-        unknown = sorted(set(test_speakers) - set(speakers))
-        if not test_speakers or unknown:
+        if not test_speakers or set(test_speakers) - set(known):
             raise ValueError(
-                f"split=speaker_disjoint needs data.test_speakers from {sorted(set(speakers))}"
-                f", got {list(test_speakers)}"
+                f"split=speaker_disjoint needs data.test_speakers from {known}, got "
+                f"{list(test_speakers)}"
             )
         is_test = np.isin(speakers, list(test_speakers))
     test, rest = np.flatnonzero(is_test), np.flatnonzero(~is_test)
@@ -201,7 +201,7 @@ class AvMnistDataModule(PairedDataModule):
         student_modality: str = "audio",
         image_energy_removed: float = 0.75,
         features: Mapping[str, Any] | None = None,
-        audio_layout: str = "spectrogram",
+        audio_layout: str = "frames",
         split: str = "customary",
         test_speakers: Sequence[str] | None = None,
         customary_test_indices: int = 5,
@@ -336,9 +336,7 @@ class AvMnistDataModule(PairedDataModule):
             if self.audio_layout == "spectrogram":
                 split_audio = split_audio[:, None]
             pool_labels = image_labels[pool]
-            paired = fixed_pairing(
-                digits[rows], pool_labels, (self.pairing_seed, number), split
-            )
+            paired = fixed_pairing(digits[rows], pool_labels, (self.pairing_seed, number), split)
             redraw = self.pairing == "per_epoch" and split == "train"
             pools = [torch.from_numpy(np.flatnonzero(pool_labels == d)) for d in range(10)]
             self.datasets[split] = AvMnistDataset(
