@@ -296,7 +296,7 @@ class AvMnistDataModule(PairedDataModule):
             files,
             self.feature_params,
             self.data_dir / "avmnist" / "features",
-            lambda paths: read_recordings(self.recordings, self.feature_params.sample_rate),
+            lambda _files: read_recordings(self.recordings, self.feature_params.sample_rate),
         )
 
     def setup(self, stage: str | None = None) -> None:
