@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from crossdistill.data import audio_features
 from crossdistill.data.audio_features import FeatureParams, compute_features
 from crossdistill.data.datamodules.avmnist import AvMnistDataModule
 from crossdistill.data.pca import PcaEnergyRemover
 from crossdistill.data.readers.mnist_idx import IdxFormatError
+from crossdistill.diagnose import diagnose
 from crossdistill.models.fusion import FusionEncoder
 from crossdistill.pipeline import train
 from crossdistill.tables.spec import load_spec
@@ -339,6 +341,22 @@ def run_row(roots, compose_cfg, tmp_path, experiment: str, row_name: str) -> dic
 def test_fast_dev_run_of_each_setting(tiny_roots, compose_cfg, tmp_path, experiment, row):
     summary = run_row(tiny_roots, compose_cfg, tmp_path, experiment, row)
     assert summary["teacher"]  # a teacher was trained and tested
+
+
+def test_algorithm1_ranks_the_fused_channels_of_the_fusion_teacher(tiny_roots, compose_cfg):
+    cfg = compose_cfg(
+        "experiment=avmnist/fusion2a", "distill=kd", *tiny_overrides(tiny_roots),
+        "trainer.max_epochs=1", "teacher.max_epochs=1",
+    )  # fmt: skip
+    run_dir = train(cfg)["run_dir"]
+    options = {"ckpt": "auto", "layer": "fused", "split": "train", "max_samples": 64}
+    table = diagnose(
+        OmegaConf.create(
+            {"run_dir": run_dir, **options, "n_repeats": 2, "top_k": 5, "chunk": 32, "seed": 0}
+        )
+    )
+    assert sorted(table.channel) == list(range(128))  # image channels 0-63, audio 64-127
+    assert (Path(run_dir) / "alg1_fused_train.csv").is_file()
 
 
 @pytest.mark.slow

@@ -3,9 +3,10 @@
 The input is ``[B, prod(image_shape) + prod(audio_shape)]``: the flattened image followed by
 the flattened audio features (as :mod:`crossdistill.data.datamodules.avmnist` packs them).
 Each part goes through its own :class:`~crossdistill.models.cnn.SmallCNN` branch; the two
-branch embeddings are concatenated. Module paths for taps and Algorithm 1:
+branch embeddings are concatenated. Feature taps (``distill.features``):
 ``encoder.image.blocks.<i>`` / ``encoder.audio.blocks.<i>`` (branch maps) and
-``encoder.fused`` (the concatenation ``[B, 2 * branch_dim]``: image channels first).
+``encoder.fused`` (the concatenation ``[B, 2 * branch_dim]``: image channels first);
+``crossdistill-diagnose layer=fused`` (a path inside the encoder) ranks those channels.
 """
 
 from __future__ import annotations
