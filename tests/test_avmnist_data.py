@@ -22,6 +22,7 @@ from crossdistill.diagnose import diagnose
 from crossdistill.models.fusion import FusionEncoder
 from crossdistill.pipeline import train
 from crossdistill.tables.spec import load_spec
+from crossdistill.utils.config import CONFIG_DIR
 from test_fsdd_reader import TINY_SPEAKERS, tone, write_fsdd
 
 REAL_DATA = Path("/work/shared/data")
@@ -365,6 +366,26 @@ def test_algorithm1_ranks_the_fused_channels_of_the_fusion_teacher(tiny_roots, c
 def test_every_table_row_runs_on_every_setting(tiny_roots, compose_cfg, tmp_path, row, column):
     experiment = next(c for c in TABLE.columns if c.name == column).overrides[0].split("=")[1]
     run_row(tiny_roots, compose_cfg, tmp_path, experiment, row)
+
+
+VARIANTS = sorted(
+    set(p.stem for p in (CONFIG_DIR / "distill").glob("*.yaml"))
+    - {o.split("=")[1] for r in TABLE.rows for o in r.overrides if o.startswith("distill=")}
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", VARIANTS)
+@pytest.mark.parametrize("column", [c.name for c in TABLE.columns])
+def test_methods_outside_the_table_run_on_every_setting(
+    tiny_roots, compose_cfg, tmp_path, method, column
+):
+    """Every other registered method config runs by ``distill=<name>`` alone."""
+    experiment = next(c for c in TABLE.columns if c.name == column).overrides[0]
+    cfg = compose_cfg(
+        experiment, f"distill={method}", "debug=fast_dev_run", *tiny_overrides(tiny_roots)
+    )
+    assert train(cfg)["student"]
 
 
 def test_no_kd_audio_student_learns_the_tiny_tones(tiny_roots, compose_cfg):
