@@ -191,7 +191,7 @@ def test_runner_end_to_end_with_the_joblib_launcher(tmp_path, capsys):
 @pytest.mark.slow
 def test_text_image_spec_end_to_end_tiny(tmp_path):
     """Two rows of the shipped text -> image spec on tiny data, two training fractions."""
-    from test_text_image_pipeline import TINY
+    from conftest import TINY_TEXT_IMAGE
 
     spec = yaml.safe_load(Path(load_spec("text_image").source).read_text())
     spec["rows"] = {"no KD": spec["rows"]["no KD"],
@@ -206,7 +206,8 @@ def test_text_image_spec_end_to_end_tiny(tmp_path):
     spec_file = tmp_path / "text_image.yaml"
     spec_file.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     out = tmp_path / "out"
-    tiny = [*TINY[:-2], f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path}"]
+    # the runner adds its own progress-bar overrides (QUIET): leave out the fixture's
+    tiny = [*TINY_TEXT_IMAGE[:-2], f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path}"]
     assert main(["run", str(spec_file), "--out", str(out), *tiny]) == 0
     text = (out / "table.md").read_text()
     assert text.count("| both (C2KD) |") == 2  # the results table and the paired table
