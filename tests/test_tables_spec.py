@@ -207,7 +207,8 @@ def test_text_image_spec_end_to_end_tiny(tmp_path):
     spec_file.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     out = tmp_path / "out"
     # the runner adds its own progress-bar overrides (QUIET): leave out the fixture's
-    tiny = [*TINY_TEXT_IMAGE[:-2], f"paths.data_dir={tmp_path / 'data'}", f"paths.log_dir={tmp_path}"]
+    tiny = [*TINY_TEXT_IMAGE[:-2], f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.log_dir={tmp_path}"]
     assert main(["run", str(spec_file), "--out", str(out), *tiny]) == 0
     text = (out / "table.md").read_text()
     assert text.count("| both (C2KD) |") == 2  # the results table and the paired table

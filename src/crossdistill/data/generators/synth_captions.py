@@ -37,14 +37,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from crossdistill.data.generators.written_once import write_once
 
 log = logging.getLogger(__name__)
 
@@ -383,21 +383,9 @@ def generate_synth_captions(
         params = SynthCaptionsParams(**{**asdict(params), **overrides})
     params.validate()
     root = synth_captions_root(data_dir, params)
-    manifest = root / "manifest.json"
-    if manifest.is_file():
-        saved = json.loads(manifest.read_text()).get("params")
-        if saved == asdict(params):
-            return root
-        raise RuntimeError(
-            f"{manifest} exists but its parameters differ from the requested ones "
-            f"(hash collision or edited manifest); delete {root} to regenerate"
-        )
-    t0 = time.time()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{int(t0 * 1e6) % 10**9}"
-    try:
-        (tmp).mkdir()
-        classes = list(SHAPES[: params.num_classes])
+    classes = list(SHAPES[: params.num_classes])
+
+    def write(tmp: Path) -> dict[str, Any]:
         (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
         counts = {}
         for off, (split, n) in enumerate(
@@ -408,22 +396,11 @@ def generate_synth_captions(
             )
         ):
             counts[split] = _write_split(tmp, split, n, params, off)
-        info = {
-            "generator": "crossdistill.data.generators.synth_captions",
-            "params": asdict(params),
+        return {
             "kind_probs": dict(zip(CAPTION_KINDS, params.kind_probs(), strict=True)),
             "classes": classes,
             "caption_kind_counts": counts,
-            "seconds": round(time.time() - t0, 2),
         }
-        (tmp / "manifest.json").write_text(json.dumps(info, indent=1))
-        try:
-            tmp.rename(root)
-        except OSError:
-            if not (root / "manifest.json").is_file():  # not a concurrent writer: re-raise
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    log.info("generated synthetic captioned images at %s in %.1fs", root, time.time() - t0)
-    return root
+
+    info = {"generator": "crossdistill.data.generators.synth_captions", "params": asdict(params)}
+    return write_once(root, info, write, "synthetic captioned images")

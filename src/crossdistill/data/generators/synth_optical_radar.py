@@ -29,9 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from crossdistill.data.generators.written_once import write_once
 from crossdistill.data.readers.captions import stratified_split
 from crossdistill.data.readers.mnist_idx import available_mnist_splits, read_mnist_split
 from crossdistill.data.readers.paired_folder import load_image_array, scan_modality
@@ -366,38 +364,6 @@ def _write_split(
     return counts
 
 
-def _cached(root: Path, info: dict[str, Any], write: Callable[[Path], dict]) -> Path:
-    """Reuse ``root`` when its manifest matches ``info``; else write to a temporary folder
-    renamed into place (an interrupted run leaves no half-written cache)."""
-    manifest = root / "manifest.json"
-    if manifest.is_file():
-        saved = json.loads(manifest.read_text())
-        if all(saved.get(k) == json.loads(json.dumps(v, default=str)) for k, v in info.items()):
-            return root
-        raise RuntimeError(
-            f"{manifest} exists but its parameters differ from the requested ones "
-            f"(hash collision or edited manifest); delete {root} to regenerate"
-        )
-    t0 = time.time()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{int(t0 * 1e6) % 10**9}"
-    try:
-        tmp.mkdir()
-        counts = write(tmp)
-        full = {**info, "counts": counts, "seconds": round(time.time() - t0, 2)}
-        (tmp / "manifest.json").write_text(json.dumps(full, indent=1, default=str))
-        try:
-            tmp.rename(root)
-        except OSError:
-            if not manifest.is_file():  # not a concurrent writer: re-raise
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    log.info("generated optical/radar pairs at %s in %.1fs", root, time.time() - t0)
-    return root
-
-
 def synth_root(data_dir: str | Path, scene: SynthSceneParams, radar: RadarParams) -> Path:
     key = _key({"scene": asdict(scene), "radar": asdict(radar)})
     return Path(data_dir) / "optical_radar" / f"synth-{key}"
@@ -424,11 +390,13 @@ def generate_synth_optical_radar(
             refl = scene_reflectivity(drawn, radar_rng, size, radar)
             yield int(label), f"{i:06d}", optical, finish_radar(refl, radar, radar_rng)
 
-    def write(tmp: Path) -> dict[str, dict[str, int]]:
+    def write(tmp: Path) -> dict[str, dict[str, dict[str, int]]]:
         per_split = (scene.train_per_class, scene.val_per_class, scene.test_per_class)
         return {
-            split: _write_split(tmp, split, classes, samples(offset, n))
-            for offset, (split, n) in enumerate(zip(SPLITS, per_split, strict=True))
+            "counts": {
+                split: _write_split(tmp, split, classes, samples(offset, n))
+                for offset, (split, n) in enumerate(zip(SPLITS, per_split, strict=True))
+            }
         }
 
     info = {
@@ -437,7 +405,7 @@ def generate_synth_optical_radar(
         "radar": asdict(radar),
         "classes": classes,
     }
-    return _cached(synth_root(data_dir, scene, radar), info, write)
+    return write_once(synth_root(data_dir, scene, radar), info, write, "optical/radar pairs")
 
 
 # ------------------------------------------------------------------ real images
@@ -557,7 +525,7 @@ def generate_radar_from_images(
         "version": GENERATOR_VERSION,
     }
 
-    def write(tmp: Path) -> dict[str, dict[str, int]]:
+    def write(tmp: Path) -> dict[str, dict[str, dict[str, int]]]:
         classes, load, labels, ids, is_test = _load_source(source, root)
         parts = carve_splits(labels, is_test, val_fraction, test_fraction, max_per_class, seed)
 
@@ -569,9 +537,11 @@ def generate_radar_from_images(
                 yield int(labels[i]), ids[i], image, radar_image
 
         return {
-            split: _write_split(tmp, split, classes, samples(offset, parts[split]))
-            for offset, split in enumerate(SPLITS)
+            "counts": {
+                split: _write_split(tmp, split, classes, samples(offset, parts[split]))
+                for offset, split in enumerate(SPLITS)
+            }
         }
 
     out = Path(data_dir) / "optical_radar" / f"{source}-{key}"
-    return _cached(out, info, write)
+    return write_once(out, info, write, "optical/radar pairs")
