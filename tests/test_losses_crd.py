@@ -111,13 +111,16 @@ def test_nce_loss_and_z_by_hand():
 @pytest.mark.parametrize("num_samples", [5, 100])  # all-scores product / gathered rows
 def test_scores_are_the_drawn_dot_products_on_both_paths(num_samples):
     term = build_loss_term("crd", feat_dim=2, num_negatives=2, nce_t=NCE_T)
-    term.bind_data_sizes(DataSizes(num_samples, {"student_embedding": 2,
-                                                 "teacher_raw_embedding": 3}))
+    term.bind_data_sizes(
+        DataSizes(num_samples, {"student_embedding": 2, "teacher_raw_embedding": 3})
+    )
     bank = torch.tensor([[math.cos(j / 7), math.sin(j / 7)] for j in range(num_samples)])
     contrast = torch.tensor([[1, 0, 4], [3, 2, num_samples - 1]])
     scores = term.scores(torch.tensor(V_S), bank, contrast)
-    expected = [[sum(a * b for a, b in zip(V_S[i], bank[j].tolist(), strict=True)) / NCE_T
-                 for j in row] for i, row in enumerate(contrast.tolist())]
+    expected = [
+        [sum(a * b for a, b in zip(V_S[i], bank[j].tolist(), strict=True)) / NCE_T for j in row]
+        for i, row in enumerate(contrast.tolist())
+    ]
     torch.testing.assert_close(scores, torch.tensor(expected))
 
 
