@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 MAIN_JOB ?= experiment=face_voice/c2kd
 export WANDB_SILENT ?= true
 
-.PHONY: help install train test test-full lint format reproduce-mfh reproduce-c2kd reproduce-text-image reproduce-dskd reproduce-avmnist benchmark-mfh benchmark-overhead clean
+.PHONY: help install train test test-full lint format reproduce-mfh reproduce-c2kd reproduce-text-image reproduce-dskd reproduce-avmnist reproduce-avmnist-alg1 benchmark-mfh benchmark-overhead clean
 
 help:
 	@echo "make train          run the main job on built-in data (ARGS='key=value ...' to override)"
@@ -20,6 +20,7 @@ help:
 	@echo "make reproduce-c2kd face->voice C2KD table (conf/table/c2kd.yaml: 9 rows x 3 seeds) -> outputs/tables/c2kd/latest (ARGS=--quick: minutes)"
 	@echo "make reproduce-dskd  optical->radar baselines + DSKD table (conf/table/dskd.yaml: 15 rows x 2 gaps x 5 seeds) -> outputs/tables/dskd/latest (ARGS=--quick: minutes)"
 	@echo "make reproduce-avmnist  real spoken + handwritten digits, every method x 3 directions (conf/table/avmnist.yaml: 18 rows x 3 x 5 seeds; needs ../shared/data or data.fsdd_root/mnist_root) -> outputs/tables/avmnist/latest (ARGS=--quick: minutes)"
+	@echo "make reproduce-avmnist-alg1  MFH Algorithm 1 on the AV-MNIST fusion teacher: teacher reduced to its top / bottom 32 fused channels (conf/table/avmnist_alg1.yaml, 5 seeds) -> outputs/tables/avmnist_alg1/latest (ARGS=--quick)"
 	@echo "make reproduce-text-image  text->image table (conf/table/text_image.yaml: 8 rows x 3 seeds x 100/25/10 %) -> outputs/tables/text_image/latest (ARGS=--quick: minutes)"
 	@echo "make benchmark-mfh  batched vs one-by-one training speed"
 	@echo "make benchmark-overhead  framework vs plain PyTorch loop: time per epoch, set-up, memory (ARGS=--quick)"
@@ -63,6 +64,9 @@ reproduce-dskd: install
 
 reproduce-avmnist: install
 	$(VENV)/bin/crossdistill-table run avmnist $(ARGS)
+
+reproduce-avmnist-alg1: install
+	$(PY) scripts/avmnist_algorithm1.py $(ARGS)
 
 benchmark-mfh: install
 	$(PY) scripts/benchmark_mfh.py $(ARGS)

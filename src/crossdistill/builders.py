@@ -24,6 +24,7 @@ from torch.utils.data import default_collate
 from crossdistill.cache import TeacherFeatureCache
 from crossdistill.data.datamodules.base import PairedDataModule, Side
 from crossdistill.losses import LossComposer
+from crossdistill.models.channel_mask import ChannelMask
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
 from crossdistill.modules.distill import STUDENT_MODULE_FIELDS, TEACHER_FIELDS
 from crossdistill.utils.loggers import STUDENT, is_wandb, stage_overrides
@@ -158,6 +159,7 @@ def build_student_module(
             cfg.projection, in_dim=teacher.encoder.embedding_dim, out_dim=encoder.embedding_dim
         )
     quality = hydra.utils.instantiate(cfg.quality) if is_enabled(cfg.get("quality")) else None
+    channel_mask = build_channel_mask(cfg) if teacher is not None else None
     return DistillModule(
         encoder,
         classifier,
@@ -175,8 +177,39 @@ def build_student_module(
             if any(term.needs_data_sizes for term in loss.terms.values())
             else None
         ),
+        teacher_channel_mask=channel_mask,
         **common,
     )
+
+
+def build_channel_mask(cfg: DictConfig) -> ChannelMask | None:
+    """``teacher.keep_channels`` with ``keep: top|bottom``: the teacher reduced to the ``k``
+    channels of a layer ranked highest / lowest by Algorithm 1 (models/channel_mask.py);
+    ``None`` when unset or ``keep: null``. Its fill values are computed by
+    :func:`fit_channel_mask` once the teacher's weights are loaded."""
+    spec = cfg.teacher.get("keep_channels")
+    if not spec or not spec.get("keep"):
+        return None
+    if cfg.teacher.get("cache_features", False):
+        raise ValueError(
+            "teacher.keep_channels changes the teacher's outputs, which teacher.cache_features "
+            "would store unmasked: set teacher.cache_features=false"
+        )
+    return ChannelMask.from_config(spec)
+
+
+def fit_channel_mask(module: nn.Module, datamodule: PairedDataModule) -> None:
+    """Fill values of a student module's teacher channel mask: each channel's mean over the
+    training set (in order, teacher in eval mode)."""
+    mask = getattr(module, "teacher_channel_mask", None)
+    if mask is None:
+        return
+    encoder = module.teacher_encoder
+    batches = (batch["teacher_input"] for batch in datamodule.loader("train", ordered=True))
+    mask.fit_fill(encoder.eval(), batches)
+    kept = mask.kept.nonzero().flatten().tolist()
+    log.info("teacher reduced to %d channels of %s (%s): %s", len(kept), mask.layer,
+             mask.keep_mode, kept)
 
 
 _LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory")

@@ -231,6 +231,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # the student's streams start here, whatever ran before (data generation, teacher)
     pl.seed_everything(cfg.seed, workers=True)
     module = builders.build_student_module(cfg, datamodule, loss, teacher)
+    with isolate_rng():
+        builders.fit_channel_mask(module, datamodule)  # teacher.keep_channels, if set
 
     resume_from = cfg.get("ckpt_path")
     if cfg.get("resume"):

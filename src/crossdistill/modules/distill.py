@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from crossdistill.cache import TeacherFeatureCache
 from crossdistill.losses import DataSizes, LossComposer, LossInputs
+from crossdistill.models.channel_mask import ChannelMask
 from crossdistill.models.taps import FeatureRecorder
 from crossdistill.modules.supervised import OptimizerFactory, SchedulerFactory, StudentModule
 
@@ -115,6 +116,7 @@ class DistillModule(StudentModule):
         teacher_cache: TeacherFeatureCache | None = None,
         example_batch: Mapping[str, Tensor] | None = None,
         num_train_samples: int | None = None,
+        teacher_channel_mask: ChannelMask | None = None,
     ) -> None:
         super().__init__(
             encoder, classifier, num_classes, optimizer, scheduler, loss, top_k, evaluator
@@ -133,6 +135,20 @@ class DistillModule(StudentModule):
         self.teacher_classifier = (
             freeze(teacher_classifier) if teacher_classifier is not None else None
         )
+        #: keeps some channels of a teacher layer (teacher.keep_channels); its buffers are saved
+        self.teacher_channel_mask = teacher_channel_mask
+        if teacher_channel_mask is not None:
+            if self.teacher_encoder is None:
+                raise ValueError("teacher.keep_channels is set, but the run has no teacher")
+            try:
+                target = self.teacher_encoder.get_submodule(teacher_channel_mask.layer)
+            except AttributeError as err:
+                names = [n for n, _ in self.teacher_encoder.named_modules() if n]
+                raise KeyError(
+                    f"teacher.keep_channels.layer={teacher_channel_mask.layer!r} is not a layer "
+                    f"of the teacher encoder; layers: {names}"
+                ) from err
+            target.register_forward_hook(teacher_channel_mask.hook)
         taps = self.loss.feature_taps
         self.student_taps = FeatureRecorder(
             tap_root(encoder, classifier), taps["student"], "distill.features.student"

@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def teacher_key(cfg: DictConfig, data_fingerprint: str | None = None) -> str:
-    """Hash of the resolved data + teacher config (minus ``ckpt_path``/``reuse`` and the
-    feature-cache switches, which do not change the teacher) + seed + precision + the
-    fingerprint of the data files (:func:`crossdistill.builders.data_fingerprint`), so a
-    changed input file selects another teacher."""
+    """Hash of the resolved data + teacher config (minus ``ckpt_path``/``reuse``, the
+    feature-cache switches and ``keep_channels``, which do not change the trained teacher)
+    + seed + precision + the fingerprint of the data files
+    (:func:`crossdistill.builders.data_fingerprint`), so a changed input file selects another
+    teacher."""
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
-    for k in ("ckpt_path", "reuse", "cache_features", "cache_dir"):
+    for k in ("ckpt_path", "reuse", "cache_features", "cache_dir", "keep_channels"):
         teacher.pop(k, None)
     payload = {
         "data": OmegaConf.to_container(cfg.data, resolve=True),
