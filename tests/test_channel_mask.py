@@ -4,12 +4,15 @@ audio KD run on tiny AV-MNIST-layout data whose checkpoint carries the mask."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from crossdistill.diagnosis import layer_teacher_fn
 from crossdistill.models.channel_mask import ChannelMask, read_ranking
 from crossdistill.train import train
 from crossdistill.utils.teacher_store import teacher_key
@@ -127,3 +130,24 @@ def test_keep_channels_refuses_the_teacher_feature_cache(tiny_roots, compose_cfg
     )
     with pytest.raises(ValueError, match="set teacher.cache_features=false"):
         train(cfg)
+
+
+@pytest.mark.parametrize(("layers", "layer", "shortcut_taken"), [
+    ((nn.Linear(3, 4), nn.Identity()), "1", True),  # the encoder returns this layer's output
+    ((nn.Linear(3, 4), nn.ReLU()), "0", False),  # the ReLU follows: the whole teacher runs
+])  # fmt: skip
+def test_algorithm1_layer_shortcut_gives_the_logits_of_the_whole_teacher(
+    layers, layer, shortcut_taken, caplog
+):
+    torch.manual_seed(0)
+    encoder, classifier = nn.Sequential(*layers), nn.Linear(4, 2)
+    module = SimpleNamespace(teacher_encoder=encoder, teacher_classifier=classifier,
+                             teacher_logits=lambda x: classifier(encoder(x)))  # fmt: skip
+    x_a = torch.randn(10, 3)
+    with caplog.at_level(logging.INFO):
+        features, fast_fn = layer_teacher_fn(module, x_a, layer, chunk=4)
+    assert ("classifier only" in caplog.text) == shortcut_taken
+    slow_features, slow_fn = layer_teacher_fn(module, x_a, layer, chunk=4, shortcut=False)
+    replaced = features[torch.randperm(10)]
+    torch.testing.assert_close(features, slow_features)
+    torch.testing.assert_close(fast_fn(replaced), slow_fn(replaced))

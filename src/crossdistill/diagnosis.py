@@ -36,21 +36,39 @@ def collect(module: DistillModule, loader, max_samples: int) -> tuple[Tensor, Te
     return torch.cat(xs)[:max_samples], torch.cat(logits)[:max_samples]
 
 
-def layer_teacher_fn(module: DistillModule, x_a: Tensor, layer: str, chunk: int):
+def layer_teacher_fn(
+    module: DistillModule, x_a: Tensor, layer: str, chunk: int, shortcut: bool = True
+):
     """Teacher features at ``layer`` for ``x_a``, and a function running the rest of the
-    teacher on replaced features (a forward hook swaps the layer's output)."""
+    teacher on replaced features (a forward hook swaps the layer's output).
+
+    When the encoder returns the layer's output tensor itself (e.g. the fusion teacher's
+    ``fused``), the rest of the teacher is its classifier alone: with ``shortcut`` the
+    replaced features go through the classifier only, the same logits without recomputing
+    the encoder for every permutation.
+    """
     try:
         target: nn.Module = module.teacher_encoder.get_submodule(layer)
     except AttributeError as err:
         names = [n for n, _ in module.teacher_encoder.named_modules() if n]
         raise KeyError(f"teacher encoder has no layer {layer!r}; layers: {names}") from err
     captured: list[Tensor] = []
-    handle = target.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+    handle = target.register_forward_hook(lambda m, i, o: captured.append(o))
+    is_output = True
     with torch.no_grad():
         for start in range(0, len(x_a), chunk):
-            module.teacher_logits(x_a[start : start + chunk])
+            is_output &= module.teacher_encoder(x_a[start : start + chunk]) is captured[-1]
     handle.remove()
-    features = torch.cat(captured)
+    features = torch.cat(captured).detach()
+
+    def classifier_fn(replaced: Tensor) -> Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    module.teacher_classifier(replaced[start : start + chunk])
+                    for start in range(0, len(replaced), chunk)
+                ]
+            )
 
     def teacher_fn(replaced: Tensor) -> Tensor:
         outs = []
@@ -63,6 +81,12 @@ def layer_teacher_fn(module: DistillModule, x_a: Tensor, layer: str, chunk: int)
                 h.remove()
         return torch.cat(outs)
 
+    if shortcut and is_output:
+        log.info(
+            "%s is the teacher encoder's output: permuted features go through the classifier only",
+            layer,
+        )
+        return features, classifier_fn
     return features, teacher_fn
 
 
@@ -104,4 +128,3 @@ def diagnose(cfg: DictConfig) -> pd.DataFrame:
     log.info("top-%d modality-general channels of %s: %s", cfg.top_k, cfg.layer or "input", top)
     log.info("scores written to %s", out)
     return table
-
