@@ -97,8 +97,9 @@ def _synthetic_runs(n_speakers: int, gap: float, seeds=(0, 1, 2)):
     other = (enroll + rng.integers(1, n_speakers, enroll.size)) % n_speakers
     labels = np.tile(np.r_[np.ones(10, int), np.zeros(10, int)], n_speakers)
     test = np.where(labels == 1, enroll, other)
-    trials = TrialList.of(np.arange(enroll.size), labels, enroll, test,
-                          [f"id{k:04d}" for k in range(n_speakers)])
+    trials = TrialList.of(
+        np.arange(enroll.size), labels, enroll, test, [f"id{k:04d}" for k in range(n_speakers)]
+    )
     speaker_level = rng.normal(size=n_speakers)[enroll]  # some speakers are harder
     runs = {}
     for seed in seeds:
@@ -112,8 +113,9 @@ def _synthetic_runs(n_speakers: int, gap: float, seeds=(0, 1, 2)):
 def _paired(runs, metric="eer", draws=400):
     out = bootstrap_runs(runs, draws=draws, seed=0)
     seeds = sorted(int(k[4:]) for k in out if k.startswith("ours"))
-    return paired_bootstrap({s: out[f"ours{s}"] for s in seeds},
-                            {s: out[f"base{s}"] for s in seeds}, metric, speakers=0)
+    return paired_bootstrap(
+        {s: out[f"ours{s}"] for s in seeds}, {s: out[f"base{s}"] for s in seeds}, metric, speakers=0
+    )
 
 
 def test_interval_contains_the_point_and_shrinks_with_more_speakers():
@@ -178,8 +180,9 @@ class _Data(VerificationData):
     """Six utterances of three speakers and their trials (all splits alike)."""
 
     def __init__(self) -> None:
-        self.items = [Utterance(f"id{s}/v0/{j}.wav", f"id{s}", "v0")
-                      for s in range(3) for j in range(2)]
+        self.items = [
+            Utterance(f"id{s}/v0/{j}.wav", f"id{s}", "v0") for s in range(3) for j in range(2)
+        ]
         paths = [u.path for u in self.items]
         pairs = [(0, 1), (0, 2), (0, 4), (2, 3), (2, 5), (4, 5), (1, 3), (3, 4)]
         self.trial_list = [Trial(int(a // 2 == b // 2), paths[a], paths[b]) for a, b in pairs]
@@ -195,23 +198,29 @@ class _Data(VerificationData):
 
 
 def test_evaluator_writes_scores_that_give_its_metrics(tmp_path: Path):
-    table = torch.tensor([[1.0, 0.1], [0.9, 0.3], [0.2, 1.0], [0.4, 0.8], [-1.0, 0.2],
-                          [-0.7, -0.5]])
+    table = torch.tensor(
+        [[1.0, 0.1], [0.9, 0.3], [0.2, 1.0], [0.4, 0.8], [-1.0, 0.2], [-0.7, -0.5]]
+    )
     embed = SimpleNamespace(
         embed=lambda x: table[x[:, 0].long() % 6] + x[:, 1:2] * 0.01,
         teacher_embedding_for_matching=lambda batch: None,
     )
     data = _Data()
-    evaluator = VerificationEvaluator(data, noise_snr_db=[10.0], matching_k=[],
-                                      scores_dir=str(tmp_path / "scores"))
+    evaluator = VerificationEvaluator(
+        data, noise_snr_db=[10.0], matching_k=[], scores_dir=str(tmp_path / "scores")
+    )
     index = torch.arange(6)
-    batch = {"student_input": torch.stack([index.float(), torch.zeros(6)], 1), "index": index,
-             "label": index // 2}
+    batch = {
+        "student_input": torch.stack([index.float(), torch.zeros(6)], 1),
+        "index": index,
+        "label": index // 2,
+    }
     evaluator.step(embed, batch, "test")
     metrics = evaluator.compute("test")
     saved = load_trial_scores(scores_path(tmp_path, "test"))
     assert saved.trial.tolist() == list(range(8)) and saved.label.tolist() == [
-        t.label for t in data.trial_list]
+        t.label for t in data.trial_list
+    ]
     assert saved.speakers.tolist() == ["id0", "id1", "id2"]
     assert saved.enroll_speaker.tolist() == [0, 0, 0, 1, 1, 2, 0, 1]
     assert saved.test_speaker.tolist() == [0, 1, 2, 1, 2, 2, 1, 2]

@@ -67,8 +67,9 @@ def weighted_errors(
     times). A draw without target or without non-target weight gives NaN."""
     weights = np.asarray(weights)
     target = np.asarray(trials.target)[np.argsort(trials.order)]  # back to list order
-    return _errors(trials, np.where(target, weights, 0), np.where(target, 0, weights),
-                   p_target, c_miss, c_fa)
+    return _errors(
+        trials, np.where(target, weights, 0), np.where(target, 0, weights), p_target, c_miss, c_fa
+    )
 
 
 def _first_true(condition, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -101,8 +102,9 @@ def _errors(
     FRR, monotone: binary search); minDCF is the point minimising
     ``c_fa (1 - p) fp / N_n - c_miss p tp / N_t`` (accept-nothing = 0), searched only where
     ``c_fa (1 - p) FAR`` does not already exceed the accept-nothing cost ``c_miss p``."""
-    total = int(target_weights.sum(axis=1).max(initial=0) + nontarget_weights.sum(axis=1).max(
-        initial=0))
+    total = int(
+        target_weights.sum(axis=1).max(initial=0) + nontarget_weights.sum(axis=1).max(initial=0)
+    )
     dtype = np.int32 if total < 2**31 else np.int64
     tp = np.take(target_weights.astype(dtype, copy=False), trials.order, axis=1)
     fp = np.take(nontarget_weights.astype(dtype, copy=False), trials.order, axis=1)
@@ -156,7 +158,9 @@ def _errors(
 
 
 def speaker_trial_weights(
-    multiplicities: np.ndarray, enroll_speaker: np.ndarray, test_speaker: np.ndarray,
+    multiplicities: np.ndarray,
+    enroll_speaker: np.ndarray,
+    test_speaker: np.ndarray,
     label: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Target and non-target trial weights ``[draws, trials]`` (zero on the other class)
@@ -189,14 +193,25 @@ class TrialList:
     key: str
 
     @classmethod
-    def of(cls, trial: np.ndarray, label: np.ndarray, enroll_speaker: np.ndarray,
-           test_speaker: np.ndarray, speakers: Sequence[str]) -> TrialList:
+    def of(
+        cls,
+        trial: np.ndarray,
+        label: np.ndarray,
+        enroll_speaker: np.ndarray,
+        test_speaker: np.ndarray,
+        speakers: Sequence[str],
+    ) -> TrialList:
         digest = hashlib.sha256()
         for part in (trial, label, enroll_speaker, test_speaker):
             digest.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
         digest.update("\n".join(speakers).encode())
-        return cls(np.asarray(label), np.asarray(enroll_speaker), np.asarray(test_speaker),
-                   tuple(speakers), digest.hexdigest()[:16])
+        return cls(
+            np.asarray(label),
+            np.asarray(enroll_speaker),
+            np.asarray(test_speaker),
+            tuple(speakers),
+            digest.hexdigest()[:16],
+        )
 
 
 @dataclass(frozen=True)
@@ -245,12 +260,13 @@ def bootstrap_runs(
         for start in range(0, draws, block):
             stop = min(draws, start + block)
             target_w, nontarget_w = speaker_trial_weights(
-                multiplicities[start:stop], trials.enroll_speaker, trials.test_speaker,
-                trials.label)
+                multiplicities[start:stop], trials.enroll_speaker, trials.test_speaker, trials.label
+            )
             for n in names:
                 run = runs[n]
-                eer, dcf = _errors(ordered[n], target_w, nontarget_w, run.p_target,
-                                   run.c_miss, run.c_fa)
+                eer, dcf = _errors(
+                    ordered[n], target_w, nontarget_w, run.p_target, run.c_miss, run.c_fa
+                )
                 results[n]["eer"][start:stop] = eer
                 results[n]["min_dcf"][start:stop] = dcf
         for n in names:

@@ -49,8 +49,13 @@ class BootstrapSpec:
     confidence: float = 0.95
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": list(self.metrics), "unit": self.unit, "draws": self.draws,
-                "seed": self.seed, "confidence": self.confidence}
+        return {
+            "metrics": list(self.metrics),
+            "unit": self.unit,
+            "draws": self.draws,
+            "seed": self.seed,
+            "confidence": self.confidence,
+        }
 
     def rule(self) -> str:
         """How the interval was computed (the table's footnote)."""
@@ -70,20 +75,28 @@ class BootstrapSpec:
 def parse_bootstrap(data: Any, paired_keys: list[str], source: str) -> BootstrapSpec:
     """The ``paired_bootstrap`` mapping of a spec; each error names the key and the value."""
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: paired_bootstrap must be a mapping with keys "
-                         f"{sorted(BOOTSTRAP_KEYS)}, got {data!r}")
+        raise ValueError(
+            f"{source}: paired_bootstrap must be a mapping with keys "
+            f"{sorted(BOOTSTRAP_KEYS)}, got {data!r}"
+        )
     unknown = set(data) - BOOTSTRAP_KEYS
     if unknown:
-        raise ValueError(f"{source}: paired_bootstrap: unknown key(s) {sorted(unknown)}; valid: "
-                         f"{sorted(BOOTSTRAP_KEYS)}")
+        raise ValueError(
+            f"{source}: paired_bootstrap: unknown key(s) {sorted(unknown)}; valid: "
+            f"{sorted(BOOTSTRAP_KEYS)}"
+        )
     metrics = data.get("metrics")
     if not isinstance(metrics, list) or not metrics:
-        raise ValueError(f"{source}: paired_bootstrap.metrics must be a non-empty list of paired "
-                         f"metrics {paired_keys}, got {metrics!r}")
+        raise ValueError(
+            f"{source}: paired_bootstrap.metrics must be a non-empty list of paired "
+            f"metrics {paired_keys}, got {metrics!r}"
+        )
     for metric in metrics:
         if metric not in paired_keys:
-            raise ValueError(f"{source}: paired_bootstrap.metrics: {metric!r} is not among the "
-                             f"paired metrics {paired_keys}")
+            raise ValueError(
+                f"{source}: paired_bootstrap.metrics: {metric!r} is not among the "
+                f"paired metrics {paired_keys}"
+            )
         try:
             parse_metric(str(metric))
         except ValueError as err:
@@ -93,16 +106,15 @@ def parse_bootstrap(data: Any, paired_keys: list[str], source: str) -> Bootstrap
         raise ValueError(f"{source}: paired_bootstrap.unit {unit!r}; valid: {list(UNITS)}")
     draws, seed = data.get("draws", 2000), data.get("seed", 0)
     if not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"{source}: paired_bootstrap.draws must be an integer >= 1, got "
-                         f"{draws!r}")
+        raise ValueError(f"{source}: paired_bootstrap.draws must be an integer >= 1, got {draws!r}")
     if not isinstance(seed, int):
         raise ValueError(f"{source}: paired_bootstrap.seed must be an integer, got {seed!r}")
     confidence = data.get("confidence", 0.95)
     if not isinstance(confidence, int | float) or not 0 < confidence < 1:
-        raise ValueError(f"{source}: paired_bootstrap.confidence must be in (0, 1), got "
-                         f"{confidence!r}")
-    return BootstrapSpec(tuple(str(m) for m in metrics), str(unit), draws, seed,
-                         float(confidence))
+        raise ValueError(
+            f"{source}: paired_bootstrap.confidence must be in (0, 1), got {confidence!r}"
+        )
+    return BootstrapSpec(tuple(str(m) for m in metrics), str(unit), draws, seed, float(confidence))
 
 
 class TableBootstrap:
@@ -128,8 +140,11 @@ class TableBootstrap:
         if (run.path, split) not in cache:
             path = scores_path(run.path, split)
             try:
-                found = (load_trial_scores(path), "") if path.is_file() else (
-                    None, f"no saved scores {path}")
+                found = (
+                    (load_trial_scores(path), "")
+                    if path.is_file()
+                    else (None, f"no saved scores {path}")
+                )
             except (OSError, ValueError) as err:
                 found = (None, f"unreadable scores {path} ({err})")
             cache[(run.path, split)] = found
@@ -154,10 +169,16 @@ class TableBootstrap:
                     self._unusable[(run.path, metric)] = why
                     continue
                 key = f"{run.path}|{split}|{pass_name}"
-                trials = TrialList.of(scores.trial, scores.label, scores.enroll_speaker,
-                                      scores.test_speaker, [str(s) for s in scores.speakers])
-                inputs[key] = RunScores(trials, scores.scores[pass_name], scores.p_target,
-                                        scores.c_miss, scores.c_fa)
+                trials = TrialList.of(
+                    scores.trial,
+                    scores.label,
+                    scores.enroll_speaker,
+                    scores.test_speaker,
+                    [str(s) for s in scores.speakers],
+                )
+                inputs[key] = RunScores(
+                    trials, scores.scores[pass_name], scores.p_target, scores.c_miss, scores.c_fa
+                )
                 names[key] = (run.path, f"{split}|{pass_name}")
         draws = bootstrap_runs(inputs, self.spec.draws, self.spec.seed)
         self._draws = {names[k]: v for k, v in draws.items()}
@@ -179,11 +200,15 @@ class TableBootstrap:
                 if not math.isclose(recomputed, logged, rel_tol=1e-6, abs_tol=1e-7):
                     self._unusable[(run.path, metric)] = (
                         f"its saved scores give {metric} = {recomputed:.6g}, metrics.json has "
-                        f"{logged:.6g} (scores of another test?)")
+                        f"{logged:.6g} (scores of another test?)"
+                    )
 
     def _runs_by_seed(self, row: str, column: str, metric: str) -> dict[int, Run]:
-        return {r.seed: r for r in self.table.cell_runs(row, column)
-                if r.seed is not None and metric in r.metrics}
+        return {
+            r.seed: r
+            for r in self.table.cell_runs(row, column)
+            if r.seed is not None and metric in r.metrics
+        }
 
     def paired(self, row: str, column: str, metric: str) -> BootstrapDifference | None:
         """The bootstrap difference ``row - baseline``; ``None`` (the caller keeps the t
@@ -207,18 +232,27 @@ class TableBootstrap:
             for run in (ours[seed], base[seed]):
                 why = self._unusable.get((run.path, metric))
                 if why is not None or (run.path, pass_key) not in draws:
-                    self._note(f"{where}, {metric}: t interval over seeds, not the bootstrap: "
-                               f"run {run.path}: {why or 'no scores'}")
+                    self._note(
+                        f"{where}, {metric}: t interval over seeds, not the bootstrap: "
+                        f"run {run.path}: {why or 'no scores'}"
+                    )
                     return None
-            if self._lists[(ours[seed].path, pass_key)].key != self._lists[
-                    (base[seed].path, pass_key)].key:
-                self._note(f"{where}, {metric}: t interval over seeds, not the bootstrap: seed "
-                           f"{seed} of the row and of the baseline were tested on different "
-                           "trial lists")
+            if (
+                self._lists[(ours[seed].path, pass_key)].key
+                != self._lists[(base[seed].path, pass_key)].key
+            ):
+                self._note(
+                    f"{where}, {metric}: t interval over seeds, not the bootstrap: seed "
+                    f"{seed} of the row and of the baseline were tested on different "
+                    "trial lists"
+                )
                 return None
         speakers = min(len(self._lists[(ours[s].path, pass_key)].speakers) for s in seeds)
         return paired_bootstrap(
             {s: draws[(ours[s].path, pass_key)] for s in seeds},
             {s: draws[(base[s].path, pass_key)] for s in seeds},
-            kind, speakers, self.spec.confidence, self.spec.seed,
+            kind,
+            speakers,
+            self.spec.confidence,
+            self.spec.seed,
         )
