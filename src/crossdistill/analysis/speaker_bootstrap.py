@@ -27,28 +27,39 @@ import numpy as np
 
 from crossdistill.analysis.paired import PairedDifference
 
-BLOCK_BYTES = 32 * 2**20  # a block of draws: about this much per [draws, trials] array
+BLOCK_BYTES = 16 * 2**20  # a block of draws: about this much per [draws, trials] array
 
 
 @dataclass(frozen=True)
 class SortedTrials:
-    """A run's trials sorted by decreasing score: ``order`` (positions in the trial list),
-    ``target`` (bool, sorted) and ``last`` (last position of each run of equal scores;
-    ``None`` when no two scores are equal)."""
+    """A run's trials sorted by decreasing score, split by class, and its operating points.
 
-    order: np.ndarray
-    target: np.ndarray
-    last: np.ndarray | None
+    ``target_order`` / ``nontarget_order``: positions (in the trial list) of the target /
+    non-target trials by decreasing score. The operating points are the ends of the runs of
+    equal scores (ties move together); at point ``p`` the first ``targets[p]`` targets and
+    ``nontargets[p]`` non-targets (by score) are accepted. ``candidates``: the points that
+    can attain minDCF (the last point before each increase of the non-target count, and the
+    last point), in order."""
+
+    target_order: np.ndarray
+    nontarget_order: np.ndarray
+    targets: np.ndarray
+    nontargets: np.ndarray
+    candidates: np.ndarray
 
     @classmethod
     def of(cls, scores: np.ndarray, labels: np.ndarray) -> SortedTrials:
         scores = np.asarray(scores, dtype=np.float64)
-        if scores.ndim != 1 or scores.shape != np.shape(labels) or not np.isfinite(scores).all():
+        labels = np.asarray(labels)
+        if scores.ndim != 1 or scores.shape != labels.shape or not np.isfinite(scores).all():
             raise ValueError("scores must be finite, 1-d and as many as the labels")
         order = np.argsort(-scores, kind="stable")
-        ordered = scores[order]
-        last = np.append(ordered[1:] != ordered[:-1], True)
-        return cls(order, np.asarray(labels)[order] == 1, None if last.all() else last)
+        ordered, target = scores[order], labels[order] == 1
+        ends = np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))
+        targets = np.cumsum(target)[ends]
+        nontargets = ends + 1 - targets
+        grows = np.append(nontargets[1:] > nontargets[:-1], True)
+        return cls(order[target], order[~target], targets, nontargets, np.flatnonzero(grows))
 
 
 def weighted_errors(
@@ -66,9 +77,17 @@ def weighted_errors(
     1 gives their values up to float rounding; weight ``w`` = the trial repeated ``w``
     times). A draw without target or without non-target weight gives NaN."""
     weights = np.asarray(weights)
-    target = np.asarray(trials.target)[np.argsort(trials.order)]  # back to list order
+    if not np.issubdtype(weights.dtype, np.integer):
+        raise ValueError(
+            f"weights must be integers (how often a trial counts), got {weights.dtype}"
+        )
     return _errors(
-        trials, np.where(target, weights, 0), np.where(target, 0, weights), p_target, c_miss, c_fa
+        trials,
+        weights[:, trials.target_order],
+        weights[:, trials.nontarget_order],
+        p_target,
+        c_miss,
+        c_fa,
     )
 
 
@@ -86,6 +105,14 @@ def _first_true(condition, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         lo = np.where(holds, lo, mid + 1)
 
 
+def _cumulative(weights: np.ndarray, max_weight: int) -> np.ndarray:
+    """The running sums of the rows of integer ``weights`` (of a fresh array: summed in
+    place when int32 cannot overflow, else in int64)."""
+    if weights.dtype != np.int32 or weights.shape[1] * max_weight >= 2**31:
+        weights = weights.astype(np.int64)
+    return np.cumsum(weights, axis=1, out=weights)
+
+
 def _errors(
     trials: SortedTrials,
     target_weights: np.ndarray,
@@ -93,61 +120,72 @@ def _errors(
     p_target: float,
     c_miss: float,
     c_fa: float,
+    max_weight: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`weighted_errors` from the target and non-target weights (``[draws, trials]``,
-    list order; zero on the other class's trials).
+    """:func:`weighted_errors` from the weights of the targets and of the non-targets in
+    :class:`SortedTrials` order (``[draws, n_targets]``, ``[draws, n_nontargets]``).
 
-    Per draw, cumulative weights ``tp`` / ``fp`` down the sorted scores (integer cumsums);
-    the EER crossing is the first point with ``fp * N_t + tp * N_n >= N_t * N_n`` (FAR >=
-    FRR, monotone: binary search); minDCF is the point minimising
-    ``c_fa (1 - p) fp / N_n - c_miss p tp / N_t`` (accept-nothing = 0), searched only where
-    ``c_fa (1 - p) FAR`` does not already exceed the accept-nothing cost ``c_miss p``."""
-    total = int(
-        target_weights.sum(axis=1).max(initial=0) + nontarget_weights.sum(axis=1).max(initial=0)
-    )
-    dtype = np.int32 if total < 2**31 else np.int64
-    tp = np.take(target_weights.astype(dtype, copy=False), trials.order, axis=1)
-    fp = np.take(nontarget_weights.astype(dtype, copy=False), trials.order, axis=1)
-    np.cumsum(tp, axis=1, out=tp)
-    np.cumsum(fp, axis=1, out=fp)
-    if trials.last is not None:
-        tp, fp = tp[:, trials.last], fp[:, trials.last]
-    n_target, n_nontarget = tp[:, -1].astype(np.float64), fp[:, -1].astype(np.float64)
+    Running sums per class give ``tp`` / ``fp`` at any operating point. EER: the first point
+    with ``fp * N_t + tp * N_n >= N_t * N_n`` (FAR >= FRR; monotone, so a binary search),
+    interpolated with the point before. minDCF: the candidate point minimising
+    ``c_fa (1 - p) fp / N_n - c_miss p tp / N_t`` (accept-nothing = 0), among the candidates
+    whose ``c_fa (1 - p) FAR`` does not already exceed the accept-nothing cost ``c_miss p``
+    (about the first percent of the non-targets). ``max_weight``: a bound of the weights
+    (default: their maximum), to sum in int32 where that cannot overflow."""
+    if max_weight is None:
+        max_weight = int(max(target_weights.max(initial=0), nontarget_weights.max(initial=0)))
+    tp_sum = _cumulative(target_weights, max_weight)  # [draws, targets]: first j+1 summed
+    fp_sum = _cumulative(nontarget_weights, max_weight)
+    draws = np.arange(tp_sum.shape[0])
+
+    def first(sums: np.ndarray, count: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+        """The weight of the first ``count`` trials of a class (0 for none)."""
+        return np.where(count > 0, sums[rows, np.maximum(count - 1, 0)], 0)
+
+    n_target = first(tp_sum, np.full_like(draws, tp_sum.shape[1]), draws).astype(np.float64)
+    n_nontarget = first(fp_sum, np.full_like(draws, fp_sum.shape[1]), draws).astype(np.float64)
     defined = (n_target > 0) & (n_nontarget > 0)
     n_target[~defined], n_nontarget[~defined] = 1.0, 1.0  # placeholders, set to NaN below
-    draws = np.arange(tp.shape[0])
-    points = tp.shape[1]
 
-    def rates(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(FAR, FRR) at point ``k`` (-1 = threshold +inf: accept nothing)."""
-        at = np.maximum(k, 0)
-        far = np.where(k < 0, 0.0, fp[draws, at] / n_nontarget)
-        frr = np.where(k < 0, 1.0, 1.0 - tp[draws, at] / n_target)
-        return far, frr
+    def counts(point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tp, fp) weights accepted at ``point`` (-1 = threshold +inf: none)."""
+        at = np.maximum(point, 0)
+        tp = np.where(point < 0, 0, first(tp_sum, trials.targets[at], draws))
+        fp = np.where(point < 0, 0, first(fp_sum, trials.nontargets[at], draws))
+        return tp, fp
 
-    def crossed(k: np.ndarray) -> np.ndarray:
-        return fp[draws, k] * n_target + tp[draws, k] * n_nontarget >= n_target * n_nontarget
+    def rates(point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tp, fp = counts(point)
+        return fp / n_nontarget, 1.0 - tp / n_target
 
-    start, last = np.zeros_like(draws), np.full_like(draws, points - 1)
-    k = _first_true(crossed, start, last)  # the last point (accept all) always crosses
+    def crossed(point: np.ndarray) -> np.ndarray:
+        tp, fp = counts(point)
+        return fp * n_target + tp * n_nontarget >= n_target * n_nontarget
+
+    last = len(trials.targets) - 1  # accept all: always crossed
+    k = _first_true(crossed, np.zeros_like(draws), np.full_like(draws, last))
     far1, frr1 = rates(k)
     far0, frr0 = rates(k - 1)
     d0, d1 = far0 - frr0, far1 - frr1
     with np.errstate(invalid="ignore", divide="ignore"):
         eer = far0 + (-d0 / (d1 - d0)) * (far1 - far0)
 
-    def too_costly(k: np.ndarray) -> np.ndarray:
-        at = np.minimum(k, points - 1)  # k = points only on rows already decided
-        return c_fa * (1.0 - p_target) * fp[draws, at] > c_miss * p_target * n_nontarget
+    candidates = trials.candidates
 
-    cut = int(_first_true(too_costly, start, np.full_like(draws, points)).max()) if points else 0
-    cut = max(1, min(cut, points))
-    alpha = (c_fa * (1.0 - p_target) / n_nontarget)[:, None]
-    beta = (c_miss * p_target / n_target)[:, None]
-    cost = fp[:, :cut] * alpha
-    cost -= tp[:, :cut] * beta
-    k = np.argmin(cost, axis=1)
-    k = np.where(cost[draws, k] < 0, k, -1)  # accept-nothing costs 0 in these units
+    def too_costly(c: np.ndarray) -> np.ndarray:
+        point = candidates[np.minimum(c, len(candidates) - 1)]  # c = len only when decided
+        return c_fa * (1.0 - p_target) * counts(point)[1] > c_miss * p_target * n_nontarget
+
+    start, none = np.zeros_like(draws), np.full_like(draws, len(candidates))
+    cut = max(1, int(_first_true(too_costly, start, none).max()))
+    points = candidates[:cut]
+    rows = slice(None)
+    fp = first(fp_sum, trials.nontargets[points], rows)
+    tp = first(tp_sum, trials.targets[points], rows)
+    cost = (c_fa * (1.0 - p_target) / n_nontarget)[:, None] * fp
+    cost -= (c_miss * p_target / n_target)[:, None] * tp
+    best = np.argmin(cost, axis=1)
+    k = np.where(cost[draws, best] < 0, points[best], -1)  # accept-nothing costs 0 here
     far, frr = rates(k)
     min_dcf = (c_miss * frr * p_target + c_fa * far * (1.0 - p_target)) / min(
         c_miss * p_target, c_fa * (1.0 - p_target)
@@ -157,15 +195,30 @@ def _errors(
     return eer, min_dcf
 
 
+def speaker_weights(
+    multiplicities: np.ndarray,
+    trials: SortedTrials,
+    enroll_speaker: np.ndarray,
+    test_speaker: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The weights of the targets and non-targets of ``trials`` (in its order) under
+    speaker multiplicities ``[draws, speakers]``: ``m[speaker]`` for a target trial,
+    ``m[enrol] * m[test]`` for a non-target one (gathered from the small multiplicity
+    table, so no ``[draws, trials]`` array is reordered)."""
+    target = multiplicities[:, enroll_speaker[trials.target_order]]
+    nontarget = multiplicities[:, enroll_speaker[trials.nontarget_order]]
+    nontarget *= multiplicities[:, test_speaker[trials.nontarget_order]]
+    return target, nontarget
+
+
 def speaker_trial_weights(
     multiplicities: np.ndarray,
     enroll_speaker: np.ndarray,
     test_speaker: np.ndarray,
     label: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Target and non-target trial weights ``[draws, trials]`` (zero on the other class)
-    of speaker multiplicities ``[draws, speakers]``: ``m[enrol]`` for a target trial,
-    ``m[enrol] * m[test]`` for a non-target one."""
+    """Target and non-target trial weights ``[draws, trials]`` in trial-list order (zero on
+    the other class) of speaker multiplicities ``[draws, speakers]``."""
     enroll_m = multiplicities[:, enroll_speaker]
     target = np.asarray(label) == 1
     nontarget = enroll_m * multiplicities[:, test_speaker]
@@ -254,18 +307,28 @@ def bootstrap_runs(
     for key, names in groups.items():
         trials = runs[names[0]].trials
         multiplicities = draw_speakers(len(trials.speakers), draws, _seed_for(key, seed))
+        max_weight = int(multiplicities.max(initial=0)) ** 2
         ordered = {n: SortedTrials.of(runs[n].scores, trials.label) for n in names}
         results = {n: {"eer": np.empty(draws), "min_dcf": np.empty(draws)} for n in names}
-        block = max(1, BLOCK_BYTES // (8 * max(1, len(trials.label))))
+        block = max(1, BLOCK_BYTES // (4 * max(1, len(trials.label))))
         for start in range(0, draws, block):
             stop = min(draws, start + block)
-            target_w, nontarget_w = speaker_trial_weights(
-                multiplicities[start:stop], trials.enroll_speaker, trials.test_speaker, trials.label
-            )
             for n in names:
                 run = runs[n]
+                target_w, nontarget_w = speaker_weights(
+                    multiplicities[start:stop],
+                    ordered[n],
+                    trials.enroll_speaker,
+                    trials.test_speaker,
+                )
                 eer, dcf = _errors(
-                    ordered[n], target_w, nontarget_w, run.p_target, run.c_miss, run.c_fa
+                    ordered[n],
+                    target_w,
+                    nontarget_w,
+                    run.p_target,
+                    run.c_miss,
+                    run.c_fa,
+                    max_weight,
                 )
                 results[n]["eer"][start:stop] = eer
                 results[n]["min_dcf"][start:stop] = dcf
