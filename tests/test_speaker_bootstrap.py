@@ -89,6 +89,11 @@ def test_weights_equal_repeated_trials_of_the_metrics_module():
             assert dcf[row] == pytest.approx(compute_min_dcf(s, lab, 0.05)[0], abs=1e-12)
 
 
+def test_weights_must_be_counts():
+    with pytest.raises(ValueError, match="weights must be integers .* got float64"):
+        weighted_errors(SortedTrials.of(SCORES, LABELS), np.ones((1, 6)))
+
+
 def _synthetic_runs(n_speakers: int, gap: float, seeds=(0, 1, 2)):
     """Runs of two 'rows' on one trial list: targets score 1 + noise (row 'ours': + gap),
     non-targets noise, per seed its own noise."""

@@ -16,7 +16,7 @@ from crossdistill.metrics.trial_scores import scores_path, write_trial_scores
 from crossdistill.metrics.verification import compute_eer, compute_min_dcf
 from crossdistill.tables.aggregate import load_table
 from crossdistill.tables.render import markdown, write_all
-from crossdistill.tables.spec import parse_spec
+from crossdistill.tables.spec import load_spec, parse_spec, spec_to_dict
 
 N_SPEAKERS = 30
 SPEC = {
@@ -128,6 +128,19 @@ def test_runs_without_usable_scores_keep_the_t_interval(table_dir: Path):
     assert type(table.paired("Same", "", "test/min_dcf")).__name__ == "BootstrapDifference"
 
 
+def test_scores_without_both_classes_keep_the_t_interval(table_dir: Path):
+    """A partial test pass (fast_dev_run) can save no scorable trial list."""
+    path = scores_path(table_dir / "better" / "0", "test")
+    write_trial_scores(
+        path, trial=np.arange(2), enroll=np.arange(2), test=np.arange(2),
+        label=np.ones(2, int), enroll_identity=["a", "b"], test_identity=["a", "b"],
+        scores={"": np.zeros(2)}, p_target=0.01, c_miss=1.0, c_fa=1.0,
+    )  # fmt: skip
+    table = load_table([table_dir])
+    assert type(table.paired("Better", "", "test/eer")).__name__ == "PairedDifference"
+    assert f"{path} holds no target + non-target trials" in markdown(table)
+
+
 def test_spec_errors_name_the_key_and_value():
     def parse(**bootstrap):
         return parse_spec({**SPEC, "paired_bootstrap": bootstrap}, source="t.yaml")
@@ -144,3 +157,10 @@ def test_spec_errors_name_the_key_and_value():
         parse(metrics=["test/eer"], draws=0)
     spec = parse(metrics=["test/eer"])
     assert spec.paired_bootstrap.draws == 2000 and spec.paired_bootstrap.unit == "speaker"
+    assert parse_spec(spec_to_dict(spec)).paired_bootstrap == spec.paired_bootstrap  # table.yaml
+
+
+def test_the_c2kd_table_bootstraps_its_verification_columns():
+    bootstrap = load_spec("c2kd").paired_bootstrap
+    assert bootstrap.metrics == ("test/eer", "test/eer_snr10", "test/min_dcf")
+    assert (bootstrap.unit, bootstrap.draws) == ("speaker", 2000)

@@ -165,6 +165,8 @@ class TableBootstrap:
                 scores, why = self._load(run, split, files)
                 if scores is not None and pass_name not in scores.scores:
                     scores, why = None, f"{scores.path} has no scores of pass {pass_name!r}"
+                if scores is not None and len(set(scores.label.tolist())) < 2:
+                    scores, why = None, f"{scores.path} holds no target + non-target trials"
                 if scores is None:
                     self._unusable[(run.path, metric)] = why
                     continue
