@@ -18,7 +18,8 @@ from crossdistill.analysis.speaker_bootstrap import (
     TrialList,
     bootstrap_runs,
     paired_bootstrap,
-    speaker_trial_weights,
+    speaker_errors,
+    speaker_weights,
     weighted_errors,
 )
 from crossdistill.data.datamodules.verification import VerificationData
@@ -44,10 +45,13 @@ TEST = np.array([0, 1, 1, 2, 2, 2])
 
 def test_speaker_draws_weight_trials_by_their_speakers_counts():
     counts = np.array([[2, 1, 0], [0, 1, 2]])  # draw 1: A twice, B once; draw 2: B, C twice
-    target, nontarget = speaker_trial_weights(counts, ENROLL, TEST, LABELS)
+    trials = SortedTrials.of(SCORES, LABELS)
+    assert trials.target_order.tolist() == [0, 2, 4]  # A-A, B-B, C-C by score
+    assert trials.nontarget_order.tolist() == [1, 3, 5]  # A-B, B-C, A-C
+    target, nontarget = speaker_weights(counts, trials, ENROLL, TEST)
     # target trial: its speaker's count; non-target: the product of its two speakers' counts
-    assert target.tolist() == [[2, 0, 1, 0, 0, 0], [0, 0, 1, 0, 2, 0]]
-    assert nontarget.tolist() == [[0, 2, 0, 0, 0, 0], [0, 0, 0, 2, 0, 0]]
+    assert target.tolist() == [[2, 1, 0], [0, 1, 2]]
+    assert nontarget.tolist() == [[2 * 1, 1 * 0, 2 * 0], [0 * 1, 1 * 2, 0 * 2]]
 
 
 def test_weighted_eer_and_min_dcf_by_hand():
@@ -61,14 +65,16 @@ def test_weighted_eer_and_min_dcf_by_hand():
     #   0.6: (0, 2/3) -> 0.4: (1, 2/3): FAR - FRR -2/3 -> +1/3, t = 2/3: EER = 2/3
     # draw A,A,A: no non-target trial is left: NaN
     counts = np.array([[1, 1, 1], [2, 1, 0], [0, 1, 2], [3, 0, 0]])
-    target, nontarget = speaker_trial_weights(counts, ENROLL, TEST, LABELS)
-    eer, min_dcf = weighted_errors(trials, target + nontarget, p_target=0.5)
+    eer, min_dcf = speaker_errors(trials, counts, ENROLL, TEST, p_target=0.5)
     assert eer[:3] == pytest.approx([1 / 3, 1 / 3, 2 / 3], abs=1e-12)
     assert np.isnan(eer[3]) and np.isnan(min_dcf[3])
     # p_target 0.5, costs 1: DCF = (0.5 FRR + 0.5 FAR) / 0.5 = FRR + FAR, minimum over points
     # all 1: 1, 2/3, 1, 2/3, 1, 2/3, 1 -> 2/3; draw A,A,B: 1, 1/3, 4/3, 1, ... -> 1/3;
     # draw B,C,C: 1, 1, 1, 2/3, 5/3, 1, 1 -> 2/3
     assert min_dcf[:3] == pytest.approx([2 / 3, 1 / 3, 2 / 3], abs=1e-12)
+    # the same with explicit trial weights in list order (A-A, A-B, B-B, B-C, C-C, A-C)
+    weights = np.array([[2, 2, 1, 0, 0, 0], [0, 0, 1, 2, 2, 0]])
+    assert weighted_errors(trials, weights, p_target=0.5)[0] == pytest.approx([1 / 3, 2 / 3])
 
 
 def test_weights_equal_repeated_trials_of_the_metrics_module():

@@ -12,8 +12,11 @@ too (with replacement, the same seeds for both rows), and the statistic is the m
 the drawn seeds of ``row - baseline``; the interval is the percentile interval of that
 statistic over the draws.
 
-Cost: the scores of a run are sorted once; a draw is a row of integer weights, so a block
-of draws is two cumulative sums over a ``[draws, trials]`` array.
+Cost: the scores of a run are sorted once. For a block of draws the trial weights of each
+class are gathered in score order from the small ``[draws, speakers]`` table of counts and
+summed up (two integer running sums); the EER crossing is then a binary search, and minDCF
+a scan over the points whose false-acceptance rate stays below the accept-nothing cost
+(about the first percent of the non-targets).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 
 from crossdistill.analysis.paired import PairedDifference
 
-BLOCK_BYTES = 16 * 2**20  # a block of draws: about this much per [draws, trials] array
+BLOCK_BYTES = 16 * 2**20  # a block of draws: about this much per [draws, trials] int32 array
 
 
 @dataclass(frozen=True)
@@ -201,30 +204,32 @@ def speaker_weights(
     enroll_speaker: np.ndarray,
     test_speaker: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The weights of the targets and non-targets of ``trials`` (in its order) under
-    speaker multiplicities ``[draws, speakers]``: ``m[speaker]`` for a target trial,
-    ``m[enrol] * m[test]`` for a non-target one (gathered from the small multiplicity
-    table, so no ``[draws, trials]`` array is reordered)."""
+    """The weights ``[draws, n]`` of the targets and of the non-targets of ``trials`` (in
+    its order) under speaker multiplicities ``[draws, speakers]``: ``m[speaker]`` for a
+    target trial, ``m[enrol] * m[test]`` for a non-target one (``enroll_speaker`` /
+    ``test_speaker`` in trial-list order). Gathered from the small multiplicity table, so
+    no ``[draws, trials]`` array is reordered."""
     target = multiplicities[:, enroll_speaker[trials.target_order]]
     nontarget = multiplicities[:, enroll_speaker[trials.nontarget_order]]
     nontarget *= multiplicities[:, test_speaker[trials.nontarget_order]]
     return target, nontarget
 
 
-def speaker_trial_weights(
+def speaker_errors(
+    trials: SortedTrials,
     multiplicities: np.ndarray,
     enroll_speaker: np.ndarray,
     test_speaker: np.ndarray,
-    label: np.ndarray,
+    p_target: float = 0.01,
+    c_miss: float = 1.0,
+    c_fa: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Target and non-target trial weights ``[draws, trials]`` in trial-list order (zero on
-    the other class) of speaker multiplicities ``[draws, speakers]``."""
-    enroll_m = multiplicities[:, enroll_speaker]
-    target = np.asarray(label) == 1
-    nontarget = enroll_m * multiplicities[:, test_speaker]
-    nontarget[:, target] = 0
-    enroll_m[:, ~target] = 0
-    return enroll_m, nontarget
+    """EER and normalised minDCF ``[draws]`` of a run's trials under each row of speaker
+    multiplicities ``[draws, speakers]`` (:func:`speaker_weights`; NaN for a draw that
+    leaves no target or no non-target trial)."""
+    target, nontarget = speaker_weights(multiplicities, trials, enroll_speaker, test_speaker)
+    max_weight = int(multiplicities.max(initial=0)) ** 2
+    return _errors(trials, target, nontarget, p_target, c_miss, c_fa, max_weight)
 
 
 def draw_speakers(n_speakers: int, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -307,7 +312,6 @@ def bootstrap_runs(
     for key, names in groups.items():
         trials = runs[names[0]].trials
         multiplicities = draw_speakers(len(trials.speakers), draws, _seed_for(key, seed))
-        max_weight = int(multiplicities.max(initial=0)) ** 2
         ordered = {n: SortedTrials.of(runs[n].scores, trials.label) for n in names}
         results = {n: {"eer": np.empty(draws), "min_dcf": np.empty(draws)} for n in names}
         block = max(1, BLOCK_BYTES // (4 * max(1, len(trials.label))))
@@ -315,20 +319,14 @@ def bootstrap_runs(
             stop = min(draws, start + block)
             for n in names:
                 run = runs[n]
-                target_w, nontarget_w = speaker_weights(
-                    multiplicities[start:stop],
+                eer, dcf = speaker_errors(
                     ordered[n],
+                    multiplicities[start:stop],
                     trials.enroll_speaker,
                     trials.test_speaker,
-                )
-                eer, dcf = _errors(
-                    ordered[n],
-                    target_w,
-                    nontarget_w,
                     run.p_target,
                     run.c_miss,
                     run.c_fa,
-                    max_weight,
                 )
                 results[n]["eer"][start:stop] = eer
                 results[n]["min_dcf"][start:stop] = dcf
