@@ -258,9 +258,9 @@ class VerificationEvaluator(Evaluator):
 
         emb = table(data["emb"].double())
         metrics = self._verification(emb, emb, seen, split, "")
-        noisy = None
-        if data["noisy"].shape[1] == len(self.noise_snr_db) and data["noisy"].shape[1] > 0:
-            noisy = table(data["noisy"].double())
+        noisy = data["noisy"]
+        if noisy.shape[1] == len(self.noise_snr_db) and noisy.shape[1] > 0:
+            noisy = table(noisy.double())
             for s, snr in enumerate(self.noise_snr_db):
                 metrics.update(
                     self._verification(emb, noisy[:, s], seen, split, f"_{snr_name(snr)}")
@@ -291,7 +291,8 @@ class VerificationEvaluator(Evaluator):
         if self.identification:
             metrics.update(self._identification(emb, seen, split))
         if self.scores_dir is not None and split in self.scores_splits:
-            self.save_scores(split, emb, noisy, seen)
+            measured = noisy.shape[1] == len(self.noise_snr_db) and noisy.shape[1] > 0
+            self.save_scores(split, emb, noisy if measured else None, seen)
         return metrics
 
     def save_scores(self, split: str, emb: Tensor, noisy: Tensor | None, seen: Tensor) -> None:
