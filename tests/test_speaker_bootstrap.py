@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from crossdistill.analysis.speaker_bootstrap import (
@@ -208,7 +209,7 @@ class _Data(VerificationData):
         return batch["student_input"] + snr_db  # a different 'utterance' per SNR
 
 
-def test_evaluator_writes_scores_that_give_its_metrics(tmp_path: Path):
+def test_evaluator_writes_scores_that_give_its_metrics(tmp_path: Path, monkeypatch):
     table = torch.tensor(
         [[1.0, 0.1], [0.9, 0.3], [0.2, 1.0], [0.4, 0.8], [-1.0, 0.2], [-0.7, -0.5]]
     )
@@ -244,6 +245,12 @@ def test_evaluator_writes_scores_that_give_its_metrics(tmp_path: Path):
     evaluator.step(embed, batch, "val")
     evaluator.compute("val")
     assert not scores_path(tmp_path, "val").exists()  # scores_splits: test only
+    # under DDP only rank 0 writes (every rank computes the same scores)
+    scores_path(tmp_path, "test").unlink()
+    monkeypatch.setattr(pl.utilities.rank_zero_only, "rank", 1)
+    evaluator.step(embed, batch, "test")
+    assert evaluator.compute("test") == metrics
+    assert not scores_path(tmp_path, "test").exists()
     with pytest.raises(KeyError, match="no scores of pass 'snr0'"):
         saved.pass_scores("snr0")
 
