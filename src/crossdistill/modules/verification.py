@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -21,7 +23,8 @@ from torchmetrics.utilities import dim_zero_cat
 from crossdistill.data.datamodules.verification import TrialIndex, VerificationData
 from crossdistill.metrics.identification import closed_set_identification
 from crossdistill.metrics.matching import matching_accuracy
-from crossdistill.metrics.verification import score_trials
+from crossdistill.metrics.trial_scores import write_trial_scores
+from crossdistill.metrics.verification import indexed_cosine_scores, score_trials
 from crossdistill.modules.evaluators import Evaluator
 from crossdistill.modules.supervised import SupervisedModule
 
@@ -85,6 +88,11 @@ class VerificationEvaluator(Evaluator):
     * ``<split>/id_acc``: closed-set identification among the split's speakers
       (``metrics.identification``).
 
+    With ``scores_dir`` set, the trial scores of every split in ``scores_splits`` (clean
+    and noisy passes, labels, both speakers) are written to ``<scores_dir>/<split>.npz``
+    (:mod:`crossdistill.metrics.trial_scores`; rank 0 only), the input of the speaker
+    bootstrap of the tables (docs/tables.md).
+
     Embeddings are gathered across DDP ranks (torchmetrics ``cat`` states) and deduplicated
     by sample index (the first row of an index the DistributedSampler repeated to pad a
     rank), so all ranks compute the same numbers, equal to a single process's. If the pass
@@ -109,6 +117,8 @@ class VerificationEvaluator(Evaluator):
         matching_k: Sequence[int] = (2, 5),
         matching_repeats: int = 10,
         identification: bool = True,
+        scores_dir: str | None = None,
+        scores_splits: Sequence[str] = ("test",),
     ) -> None:
         super().__init__()
         if not isinstance(datamodule, VerificationData):
@@ -126,6 +136,8 @@ class VerificationEvaluator(Evaluator):
         self.matching_k = [int(k) for k in (matching_k or [])]
         self.matching_repeats = int(matching_repeats)
         self.identification = identification
+        self.scores_dir = Path(scores_dir) if scores_dir else None
+        self.scores_splits = tuple(scores_splits or ())
         self.collectors = nn.ModuleDict({s: EmbeddingCollector() for s in ("val", "test")})
         self._trial_index: dict[str, TrialIndex] = {}
         self.last: dict[str, dict[str, float]] = {}  # last computed metrics per split
@@ -278,7 +290,37 @@ class VerificationEvaluator(Evaluator):
                 )
         if self.identification:
             metrics.update(self._identification(emb, seen, split))
+        if self.scores_dir is not None and split in self.scores_splits:
+            measured = noisy.shape[1] == len(self.noise_snr_db) and noisy.shape[1] > 0
+            self.save_scores(split, emb, noisy if measured else None, seen)
         return metrics
+
+    def save_scores(self, split: str, emb: Tensor, noisy: Tensor | None, seen: Tensor) -> None:
+        """Write the scores of the trials :meth:`compute` scored (both utterances embedded)
+        to ``<scores_dir>/<split>.npz``, the clean pass and each noisy pass, on rank 0."""
+        if pl.utilities.rank_zero_only.rank != 0:
+            return
+        trials = self._trials(split)
+        ok = seen[trials.enroll] & seen[trials.test]
+        enroll, test = trials.enroll[ok], trials.test[ok]
+        passes = {"": indexed_cosine_scores(emb, emb, enroll, test)}
+        for s, snr in enumerate(self.noise_snr_db if noisy is not None else []):
+            passes[snr_name(snr)] = indexed_cosine_scores(emb, noisy[:, s], enroll, test)
+        identity = [u.identity for u in self.datamodule.eval_utterances(split)]
+        path = write_trial_scores(
+            self.scores_dir / f"{split}.npz",
+            trial=torch.nonzero(ok).flatten().numpy(),
+            enroll=enroll.numpy(),
+            test=test.numpy(),
+            label=trials.label[ok].numpy(),
+            enroll_identity=[identity[i] for i in enroll.tolist()],
+            test_identity=[identity[i] for i in test.tolist()],
+            scores={name: values.numpy() for name, values in passes.items()},
+            p_target=self.p_target,
+            c_miss=self.c_miss,
+            c_fa=self.c_fa,
+        )
+        log.info("%s trial scores (%d trials) written to %s", split, int(ok.sum()), path)
 
     def epoch_end(self, module: SupervisedModule, split: str) -> None:
         metrics = self.compute(split)

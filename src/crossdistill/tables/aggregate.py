@@ -45,6 +45,7 @@ def table_from_spec(spec: TableSpec, table_dir: Path) -> Table:
         description=spec.description,
         curve=spec.curve,
         column_contrast=spec.column_contrast,
+        bootstrap=spec.paired_bootstrap,
     )
     table.notes += duplicate_seed_notes(table)
     return table

@@ -17,8 +17,10 @@ Group the runs under the given dirs (a multirun dir = its numbered job dirs; oth
 are searched recursively) by the overrides that differ between them (seed left out), pair
 the rows by seed and print a table: mean ± sample std (n-1) and n per cell, and per row
 the paired difference to the baseline row with its 95 %% t-interval ("not resolved" where
-it contains 0). Writes table.md, table.csv (one line per run), table_summary.csv and
-table.png to --out (default: the given dir when there is exactly one).
+it contains 0); a table dir whose spec has paired_bootstrap bootstraps those metrics over
+test speakers and seeds instead (docs/tables.md). Writes table.md, table.csv (one line
+per run), table_summary.csv and table.png to --out (default: the given dir when there is
+exactly one).
 Run a table spec instead: crossdistill-table run <spec> --help."""
 
 

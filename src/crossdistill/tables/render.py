@@ -6,7 +6,8 @@ import csv
 import math
 from pathlib import Path
 
-from crossdistill.tables.stats import better_direction
+from crossdistill.analysis.speaker_bootstrap import BootstrapDifference
+from crossdistill.tables.stats import PairedDifference, better_direction
 from crossdistill.tables.table import Metric, Table
 
 ARROWS = {"lower": " ↓", "higher": " ↑", None: ""}
@@ -69,7 +70,7 @@ def markdown(table: Table) -> str:
     paired = [m for m in table.metrics if m.key in table.paired_keys]
     if table.baseline is not None and paired and len(table.rows) > 1:
         lines += ["", f"Δ = paired difference to the baseline `{table.baseline}` {PAIRED_RULE}.",
-                  ""]
+                  *_bootstrap_rule(table, paired), ""]
         head = ["row"] + [f"Δ {_header(m, c)}" for m in paired for c in columns]
         body = []
         for row in table.rows:
@@ -78,8 +79,7 @@ def markdown(table: Table) -> str:
             cells = []
             for m in paired:
                 for c in columns:
-                    diff = table.paired(row, c, m.key)
-                    cells.append(diff.format(m.scale, m.digits) if diff else "—")
+                    cells.append(_delta_cell(table, row, c, m))
             body.append([row, *cells])
         lines += _md_table(head, body)
         lines += _contrast_lines(table, paired)
@@ -87,9 +87,35 @@ def markdown(table: Table) -> str:
     if failed:
         lines += ["", f"Failed or unfinished runs (no metrics.json, left out): {len(failed)}"]
         lines += [f"- {r.path}" for r in failed]
-    if table.notes:
-        lines += ["", *(f"Note: {n}" for n in table.notes)]
+    notes = table.all_notes()
+    if notes:
+        lines += ["", *(f"Note: {n}" for n in notes)]
     return "\n".join(lines) + "\n"
+
+
+def _bootstrap_rule(table: Table, paired: list[Metric]) -> list[str]:
+    """The footnote of the bootstrapped columns (``paired_bootstrap``)."""
+    chosen = [m.header for m in paired if table.is_bootstrapped(m.key)]
+    if not chosen or table.bootstrap is None:
+        return []
+    return [f"For Δ {', '.join(chosen)} the interval is instead the {table.bootstrap.rule()}."]
+
+
+def _interval_kind(diff: PairedDifference | None) -> str:
+    """``bootstrap`` / ``t`` (the interval a paired cell shows), ``""`` without one."""
+    if diff is None:
+        return ""
+    return "bootstrap" if isinstance(diff, BootstrapDifference) else "t"
+
+
+def _delta_cell(table: Table, row: str, column: str, metric: Metric) -> str:
+    diff = table.paired(row, column, metric.key)
+    if diff is None:
+        return "—"
+    text = diff.format(metric.scale, metric.digits)
+    if table.is_bootstrapped(metric.key) and _interval_kind(diff) == "t":
+        text += "; t interval"
+    return text
 
 
 def _contrast_lines(table: Table, paired: list[Metric]) -> list[str]:
@@ -138,7 +164,7 @@ def write_csv(table: Table, out: Path) -> tuple[Path, Path]:
         writer = csv.writer(fh)
         writer.writerow(
             ["row", "column", "metric", "mean", "std", "n", "baseline", "delta_mean",
-             "delta_low", "delta_high", "delta_n", "delta_resolved"]
+             "delta_low", "delta_high", "delta_n", "delta_resolved", "delta_interval"]
         )
         for row in table.rows:
             for column in table.columns:
@@ -146,8 +172,9 @@ def write_csv(table: Table, out: Path) -> tuple[Path, Path]:
                     s = table.summary(row, column, m.key)
                     d = table.paired(row, column, m.key) if m.key in table.paired_keys else None
                     delta = (
-                        [_fmt(d.mean), _fmt(d.low), _fmt(d.high), d.n, d.resolved]
-                        if d else ["", "", "", "", ""]
+                        [_fmt(d.mean), _fmt(d.low), _fmt(d.high), d.n, d.resolved,
+                         _interval_kind(d)]
+                        if d else ["", "", "", "", "", ""]
                     )
                     writer.writerow([row, column, m.key, _fmt(s.mean), _fmt(s.std), s.n,
                                      table.baseline or "", *delta])

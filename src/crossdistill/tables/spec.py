@@ -17,6 +17,8 @@
     quick: {seeds: [0], overrides: [trainer.max_epochs=3]}  # merged in by --quick
     curve: {key: val/acc, label: val top-1 %, scale: 100}  # curves.png: per-epoch means
     column_contrast: ["10 %", "100 %"]  # does each row's paired difference change between them?
+    paired_bootstrap: {metrics: [test/eer], unit: speaker, draws: 2000}  # interval over
+                                # test speakers and seeds from the runs' saved trial scores
 
 ``quick`` is a partial spec merged over the spec by ``--quick``; its ``overrides`` are added
 after the spec's, its ``columns`` replace the override lists of the columns it names.
@@ -31,11 +33,13 @@ from typing import Any
 
 import yaml
 
+from crossdistill.tables.bootstrap import BootstrapSpec, parse_bootstrap
 from crossdistill.tables.table import Metric
 
 KEYS = {
     "title", "description", "rows", "baseline", "seeds", "metrics", "paired_metrics", "jobs",
     "overrides", "column_axis", "columns", "quick", "curve", "column_contrast",
+    "paired_bootstrap",
 }
 ROW_KEYS = {"experiment", "overrides"}
 METRIC_KEYS = {"key", "label", "scale", "digits"}
@@ -76,6 +80,7 @@ class TableSpec:
     source: str = ""
     curve: Metric | None = None
     column_contrast: tuple[str, str] | None = None
+    paired_bootstrap: BootstrapSpec | None = None
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -226,6 +231,11 @@ def parse_spec(data: dict[str, Any], name: str = "table", source: str = "spec",
             raise _fail(source, f"column_contrast must name two different columns of {names}, "
                         f"got {contrast!r}")
         contrast = (str(contrast[0]), str(contrast[1]))
+    bootstrap = data.get("paired_bootstrap")
+    if bootstrap is not None:
+        paired_keys = list(paired) if paired is not None else [
+            m.key for m in metrics if not m.key.startswith("teacher/")]
+        bootstrap = parse_bootstrap(bootstrap, paired_keys, source)
     return TableSpec(
         name=name,
         title=str(data.get("title", name)),
@@ -242,6 +252,7 @@ def parse_spec(data: dict[str, Any], name: str = "table", source: str = "spec",
         source=source,
         curve=_metric(data["curve"], source) if data.get("curve") is not None else None,
         column_contrast=contrast,
+        paired_bootstrap=bootstrap,
     )
 
 
@@ -274,6 +285,8 @@ def spec_to_dict(spec: TableSpec) -> dict[str, Any]:
         data["curve"] = {"key": m.key, "label": m.label, "scale": m.scale, "digits": m.digits}
     if spec.paired_metrics is not None:
         data["paired_metrics"] = list(spec.paired_metrics)
+    if spec.paired_bootstrap is not None:
+        data["paired_bootstrap"] = spec.paired_bootstrap.to_dict()
     if spec.columns != (Column(""),):
         data["column_axis"] = spec.column_axis
         data["columns"] = {c.name: list(c.overrides) for c in spec.columns}

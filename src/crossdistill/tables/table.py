@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crossdistill.tables.collect import Run
 from crossdistill.tables.stats import PairedDifference, Summary, paired_difference, summarize
+
+if TYPE_CHECKING:
+    from crossdistill.tables.bootstrap import BootstrapSpec, TableBootstrap
 
 SEED_KEY = "seed"
 # config leaves that differ between runs without saying what the runs compare
@@ -49,6 +53,9 @@ class Table:
     curve: Metric | None = None  # a logged metric drawn per epoch in curves.png
     #: ``(a, b)``: columns whose paired differences are compared (does an effect grow?)
     column_contrast: tuple[str, str] | None = None
+    #: paired metrics whose interval is bootstrapped over test speakers and seeds
+    bootstrap: BootstrapSpec | None = None
+    _bootstrapper: TableBootstrap | None = field(default=None, repr=False, compare=False)
 
     def cell_runs(self, row: str, column: str = "") -> list[Run]:
         return [r for r in self.runs.get((row, column), []) if not r.failed]
@@ -71,9 +78,15 @@ class Table:
         }
 
     def paired(self, row: str, column: str, metric: str) -> PairedDifference | None:
-        """``row - baseline`` over shared seeds; ``None`` for the baseline row itself."""
+        """``row - baseline`` over shared seeds; ``None`` for the baseline row itself. A
+        metric of ``bootstrap`` gets the speaker-and-seed bootstrap interval
+        (:mod:`crossdistill.tables.bootstrap`) where its runs saved usable scores."""
         if self.baseline is None or row == self.baseline:
             return None
+        if self.is_bootstrapped(metric):
+            diff = self.bootstrapper().paired(row, column, metric)
+            if diff is not None:
+                return diff
         return paired_difference(
             self.by_seed(row, column, metric), self.by_seed(self.baseline, column, metric)
         )
@@ -90,6 +103,24 @@ class Table:
                                                                           metric)
             deltas.append({s: ours[s] - base[s] for s in ours.keys() & base.keys()})
         return paired_difference(deltas[0], deltas[1])
+
+    def is_bootstrapped(self, metric: str) -> bool:
+        return self.bootstrap is not None and metric in self.bootstrap.metrics
+
+    def bootstrapper(self) -> TableBootstrap:
+        """The table's bootstrap (built on first use; it caches every run's draws)."""
+        from crossdistill.tables.bootstrap import TableBootstrap
+
+        if self.bootstrap is None:
+            raise ValueError("this table has no paired_bootstrap")
+        if self._bootstrapper is None or self._bootstrapper.spec != self.bootstrap:
+            self._bootstrapper = TableBootstrap(self.bootstrap, self)
+        return self._bootstrapper
+
+    def all_notes(self) -> list[str]:
+        """``notes`` and the bootstrap's notes (cells that kept the t interval, and why)."""
+        extra = self._bootstrapper.notes if self._bootstrapper is not None else []
+        return [*self.notes, *extra]
 
     @property
     def paired_keys(self) -> list[str]:
