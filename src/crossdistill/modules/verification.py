@@ -158,7 +158,7 @@ class VerificationEvaluator(Evaluator):
         if self.input_key == "student_input" and split in self.noise_splits and self.noise_snr_db:
             noisy = torch.stack(
                 [
-                    self.embed(module, batch, self._noisy_input(batch, s)).float()
+                    self.embed(module, batch, self._noisy_input(batch, s, split)).float()
                     for s in self.noise_snr_db
                 ],
                 dim=1,
@@ -176,8 +176,10 @@ class VerificationEvaluator(Evaluator):
             noisy=noisy,
         )
 
-    def _noisy_input(self, batch: dict[str, Tensor], snr_db: float) -> Tensor:
-        return self.datamodule.noisy_eval_input(batch, snr_db, self.noise_seed, self.noise_kind)
+    def _noisy_input(self, batch: dict[str, Tensor], snr_db: float, split: str) -> Tensor:
+        return self.datamodule.noisy_eval_input(
+            batch, snr_db, self.noise_seed, self.noise_kind, split=split
+        )
 
     # ------------------------------------------------------------------ per epoch
     def _trials(self, split: str) -> TrialIndex:
