@@ -214,7 +214,8 @@ def test_cache_built_once_reused_and_keyed_by_content(data_dir, tmp_path, monkey
 
 def test_encoder_refuses_other_filter_bank_settings():
     given = {"sample_rate": SR, "n_mels": 40, "n_fft": 400, "win_length": 25, "hop_length": 10}
-    with pytest.raises(ValueError, match="data.audio_features.n_mels=40 vs student.encoder.n_mels=20"):
+    expected = "data.audio_features.n_mels=40 vs student.encoder.n_mels=20"
+    with pytest.raises(ValueError, match=expected):
         EcapaSpeechEncoder(**TINY_ECAPA, input="features", input_features=given)
     with pytest.raises(ValueError, match="student.encoder.input='waveform'"):
         EcapaSpeechEncoder(**TINY_ECAPA, input_features={**given, "n_mels": N_MELS})
