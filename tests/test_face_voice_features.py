@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from crossdistill.data.generators import synth_face_voice as synth
 from crossdistill.data.readers.voxceleb.collate import pad_collate
 from crossdistill.data.readers.voxceleb.media import load_waveform
 from crossdistill.models.speech import EcapaSpeechEncoder
+from crossdistill.modules.verification import VerificationEvaluator
 
 SR = 16000
 N_MELS = 20
@@ -240,3 +242,30 @@ def test_real_layout_data_with_cached_features(data_dir, tmp_path):
     assert next(iter(dm.train_dataloader()))["student_input"].shape == (4, 51, N_MELS)
     ev = next(iter(dm.loader("val")))
     assert ev["student_input"].shape[-1] == N_MELS and "student_lengths" in ev
+
+
+def test_eval_loader_in_length_order_and_equal_lengths_embedded_together(dm):
+    """Cached eval utterances come sorted by length; the evaluator embeds each length
+    group in one call, cut to that length, giving the embeddings of each utterance alone."""
+    loader_lengths = [n for b in dm.loader("val") for n in b["student_lengths"].tolist()]
+    assert loader_lengths == sorted(loader_lengths)
+    assert sorted(b for batch in dm.loader("val") for b in batch["index"].tolist()) == list(
+        range(len(dm.dataset("val")))
+    )
+    torch.manual_seed(0)
+    enc = EcapaSpeechEncoder(**TINY_ECAPA, input="features").eval()
+    calls = []
+
+    def embed(x):
+        calls.append(tuple(x.shape))
+        return enc(x)
+
+    module = SimpleNamespace(embed=embed)
+    evaluator = VerificationEvaluator(dm, noise_snr_db=[], matching_k=[])
+    a, b = torch.randn(30, N_MELS), torch.randn(42, N_MELS)
+    batch = pad_collate([{"student_input": x} for x in (a, b, a + 1, b - 1, a * 2)])
+    with torch.no_grad():
+        got = evaluator.embed(module, batch)
+        alone = [enc(x[None])[0] for x in (a, b, a + 1, b - 1, a * 2)]
+    assert sorted(calls) == [(2, 42, N_MELS), (3, 30, N_MELS)]
+    torch.testing.assert_close(got, torch.stack(alone), rtol=0, atol=1e-6)

@@ -48,7 +48,7 @@ from crossdistill.data.generators.synth_face_voice import (
     generate_synth_face_voice,
 )
 from crossdistill.data.readers.voxceleb.bad_files import BAD_FILE_POLICIES
-from crossdistill.data.readers.voxceleb.collate import pad_collate
+from crossdistill.data.readers.voxceleb.collate import LengthOrder, pad_collate
 from crossdistill.data.readers.voxceleb.dataset import FaceVoiceDataset
 from crossdistill.data.readers.voxceleb.features import utterance_features, wav_fingerprint
 from crossdistill.data.readers.voxceleb.layout import Utterance, VoxCelebIndex
@@ -321,6 +321,14 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
 
     def collate(self, split: Split) -> Callable:
         return pad_collate
+
+    def eval_sampler(self, split: Split) -> LengthOrder | None:
+        """With cached features: val/test utterances in order of length (frames), so the
+        evaluator embeds the utterances of one length together (no padding; metrics do not
+        depend on the order)."""
+        if self.audio_input != "features":
+            return None
+        return LengthOrder(self.dataset(split).features.lengths)
 
     def drop_last(self, num_samples: int) -> bool:
         return num_samples >= 2 * self.batch_size

@@ -1,12 +1,28 @@
-"""Collation of utterances of different lengths: zero-padded, with their true lengths."""
+"""Batching utterances of different lengths: zero-padded with their true lengths, and an
+eval order that puts utterances of one length next to each other."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import default_collate
+from torch.utils.data import Sampler, default_collate
+
+
+class LengthOrder(Sampler[int]):
+    """Indices sorted by ``lengths`` (ties by index): eval batches of equal-length
+    utterances, which an evaluator can embed together without padding."""
+
+    def __init__(self, lengths: Sequence[int] | np.ndarray) -> None:
+        self.order = [int(i) for i in np.argsort(np.asarray(lengths), kind="stable")]
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
 
 
 def pad_collate(samples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
