@@ -29,7 +29,8 @@ class PairedDataModule(pl.LightningDataModule, ABC):
     A subclass implements ``num_classes``, :meth:`encoder_inputs`,
     ``teacher_input_fixed_per_index``, :meth:`input_paths` and :meth:`dataset`; a missing
     one fails at instantiation (``TypeError: Can't instantiate abstract class ...``).
-    It may override :meth:`collate`, :meth:`sample_ids` and :meth:`drop_last`.
+    It may override :meth:`collate`, :meth:`sample_ids`, :meth:`drop_last` and
+    :meth:`eval_sampler`.
 
     Args:
         batch_size: training batch size; eval_batch_size: val/test (default: batch_size).
