@@ -107,7 +107,9 @@ def test_face_voice_contract(tiny_face_voice):
     dm = builders.build_datamodule(cfg)
     assert dm.teacher_input_fixed_per_index  # c2kd: train_face_frame=per_index
     assert builders.input_wiring(dm, "teacher")["in_chans"] == 3
-    assert builders.input_wiring(dm, "student") == {"sample_rate": 16000}
+    fbank = {"sample_rate": 16000, "n_mels": 20, "n_fft": 400, "win_length": 25, "hop_length": 10}
+    assert builders.input_wiring(dm, "student") == {
+        "sample_rate": 16000, "input": "features", "input_features": fbank}  # fmt: skip
     paths = dm.dataset("train").paths
     assert dm.items_fingerprint("train") == hashlib.sha256("\n".join(paths).encode()).hexdigest()
     assert dm.eval_size("test") == len(dm.dataset("test"))
@@ -119,7 +121,7 @@ def test_face_voice_contract(tiny_face_voice):
 
 
 def test_noisy_eval_input_is_seeded_per_index_and_keeps_padding(tiny_face_voice):
-    dm = builders.build_datamodule(tiny_face_voice("face_voice/c2kd"))
+    dm = builders.build_datamodule(tiny_face_voice("face_voice/c2kd", "data.audio_input=waveform"))
     batch = next(iter(dm.loader("test")))
     lengths = batch["student_lengths"]
     j = int(torch.argmin(lengths))  # a padded utterance

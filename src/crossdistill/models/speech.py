@@ -1,9 +1,11 @@
 """Speech encoder: SpeechBrain log-Mel filterbanks -> per-utterance mean normalisation ->
-ECAPA-TDNN speaker embedding (as in SpeechBrain's VoxCeleb recipe)."""
+ECAPA-TDNN speaker embedding (as in SpeechBrain's VoxCeleb recipe); the filter banks are
+computed from the waveform or come precomputed from the data (``input="features"``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from speechbrain.lobes.features import Fbank
@@ -19,8 +21,19 @@ def frame_mask(lengths: Tensor | None, batch: int, frames: int, device: torch.de
     return torch.arange(frames, device=device)[None, :] < n_valid[:, None]
 
 
+INPUTS = ("waveform", "features")
+FBANK_KEYS = ("sample_rate", "n_mels", "n_fft", "win_length", "hop_length")
+
+
 class EcapaSpeechEncoder(nn.Module):
     """Waveform ``[B, T]`` (optional relative ``lengths`` ``[B]``) -> embedding ``[B, D]``.
+
+    ``input="features"``: the input is the filter banks ``[B, frames, n_mels]`` that the
+    encoder's own ``Fbank`` would compute from the waveform (cached by the data, see
+    ``data.audio_input``); the rest (mean normalisation over ``lengths``, ECAPA) is the same.
+    ``input_features`` (wired by the data) are the data's filter-bank settings; they must
+    equal the encoder's (``n_mels``, ``n_fft``, ``win_length``, ``hop_length``,
+    ``sample_rate``), else construction fails naming the difference.
 
     Defaults are SpeechBrain's VoxCeleb ECAPA-TDNN (80 mels, C=512, D=192); a tiny CPU
     model is e.g. ``channels=[32, 32, 32, 32, 96], embedding_dim=32, res2net_scale=4,
@@ -60,8 +73,12 @@ class EcapaSpeechEncoder(nn.Module):
         win_length: float = 25,
         hop_length: float = 10,
         n_fft: int = 400,
+        input: str = "waveform",  # the config key student.encoder.input
+        input_features: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if input not in INPUTS:
+            raise ValueError(f"student.encoder.input={input!r}; valid: {list(INPUTS)}")
         channels = [int(c) for c in channels]
         if len(channels) < 3:
             raise ValueError(
@@ -87,6 +104,10 @@ class EcapaSpeechEncoder(nn.Module):
         self.sample_rate = sample_rate
         self.mean_norm = mean_norm
         self.std_norm = std_norm
+        self.input = input
+        own = {"sample_rate": sample_rate, "n_mels": n_mels, "n_fft": n_fft,
+               "win_length": win_length, "hop_length": hop_length}  # fmt: skip
+        self._check_input_features(input_features, own)
         self.fbank = Fbank(
             sample_rate=sample_rate,
             n_mels=n_mels,
@@ -107,12 +128,37 @@ class EcapaSpeechEncoder(nn.Module):
             dropout=dropout,
         )
 
+    def _check_input_features(
+        self, given: Mapping[str, Any] | None, own: Mapping[str, Any]
+    ) -> None:
+        if given is None:
+            return
+        if self.input != "features":
+            raise ValueError(
+                "the data give filter banks (data.audio_input=features) but "
+                f"student.encoder.input={self.input!r}; drop that override or set "
+                "data.audio_input=waveform"
+            )
+        differ = [k for k in FBANK_KEYS if k in given and float(given[k]) != float(own[k])]
+        if differ:
+            pairs = ", ".join(f"data.audio_features.{k}={given[k]} vs "
+                              f"student.encoder.{k}={own[k]}" for k in differ)  # fmt: skip
+            raise ValueError(f"cached filter banks differ from the encoder's Fbank: {pairs}; "
+                             "set them equal (or data.audio_input=waveform)")  # fmt: skip
+
     def features(self, wav: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """Normalised log-Mel filterbanks ``[B, T', n_mels]`` (float32, no autocast)."""
-        if wav.dim() != 2:
+        """Normalised log-Mel filterbanks ``[B, T', n_mels]`` (float32, no autocast); with
+        ``input="features"``, ``wav`` already holds the filter banks ``[B, T', n_mels]``."""
+        if self.input == "features":
+            if wav.dim() != 3 or wav.shape[-1] != self.n_mels:
+                raise ValueError(
+                    f"expected filter banks [B, frames, {self.n_mels}] "
+                    f"(student.encoder.input=features), got {list(wav.shape)}"
+                )
+        elif wav.dim() != 2:
             raise ValueError(f"expected a waveform batch [B, T], got shape {list(wav.shape)}")
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            feats = self.fbank(wav.float())
+            feats = wav.float() if self.input == "features" else self.fbank(wav.float())
             if self.mean_norm or self.std_norm:
                 mask = frame_mask(lengths, feats.shape[0], feats.shape[1], feats.device)
                 weight = mask[..., None].float()

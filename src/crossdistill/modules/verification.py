@@ -148,19 +148,27 @@ class VerificationEvaluator(Evaluator):
     ) -> Tensor:
         """``input_key`` embedding of ``batch`` (or of ``x`` in its place).
 
-        Padded speech (``student_input`` with ``student_lengths``) is embedded one
-        utterance at a time, cut to its true length: the ECAPA convolutions would otherwise
-        see the padding after an utterance shorter than its batch neighbours, and its
-        embedding would depend on the batch it was put in (and so on the eval batch size
-        and the number of DDP ranks). Fixed-size inputs (faces) are embedded as a batch.
+        Padded speech (``student_input`` with ``student_lengths``) is embedded cut to its
+        true length, the utterances of one length together (no padding at all): the ECAPA
+        convolutions would otherwise see the padding after an utterance shorter than its
+        batch neighbours, and its embedding would depend on the batch it was put in (and
+        so on the eval batch size and the number of DDP ranks). Cached filter banks come
+        in length order (see ``FaceVoiceDataModule.eval_sampler``), so most utterances share
+        a call. Fixed-size inputs (faces) are embedded as a batch.
         """
         x = batch[self.input_key] if x is None else x
         lengths = batch.get("student_lengths") if self.input_key == "student_input" else None
         if lengths is None:
             return module.embed(x)
-        return torch.cat(
-            [module.embed(x[j : j + 1, : int(n)]) for j, n in enumerate(lengths.tolist())]
-        )
+        lengths = lengths.to(x.device)
+        out: Tensor | None = None
+        for n in torch.unique(lengths).tolist():
+            rows = torch.nonzero(lengths == n).flatten()
+            emb = module.embed(x[rows, : int(n)])
+            if out is None:
+                out = emb.new_zeros(x.shape[0], *emb.shape[1:])
+            out[rows] = emb
+        return out
 
     @torch.no_grad()
     def step(self, module: SupervisedModule, batch: dict[str, Tensor], split: str) -> None:
@@ -170,7 +178,7 @@ class VerificationEvaluator(Evaluator):
         if self.input_key == "student_input" and split in self.noise_splits and self.noise_snr_db:
             noisy = torch.stack(
                 [
-                    self.embed(module, batch, self._noisy_input(batch, s)).float()
+                    self.embed(module, batch, self._noisy_input(batch, s, split)).float()
                     for s in self.noise_snr_db
                 ],
                 dim=1,
@@ -188,8 +196,10 @@ class VerificationEvaluator(Evaluator):
             noisy=noisy,
         )
 
-    def _noisy_input(self, batch: dict[str, Tensor], snr_db: float) -> Tensor:
-        return self.datamodule.noisy_eval_input(batch, snr_db, self.noise_seed, self.noise_kind)
+    def _noisy_input(self, batch: dict[str, Tensor], snr_db: float, split: str) -> Tensor:
+        return self.datamodule.noisy_eval_input(
+            batch, snr_db, self.noise_seed, self.noise_kind, split=split
+        )
 
     # ------------------------------------------------------------------ per epoch
     def _trials(self, split: str) -> TrialIndex:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from crossdistill.utils.fingerprint import fingerprint_items, fingerprint_paths
 
@@ -29,7 +29,8 @@ class PairedDataModule(pl.LightningDataModule, ABC):
     A subclass implements ``num_classes``, :meth:`encoder_inputs`,
     ``teacher_input_fixed_per_index``, :meth:`input_paths` and :meth:`dataset`; a missing
     one fails at instantiation (``TypeError: Can't instantiate abstract class ...``).
-    It may override :meth:`collate`, :meth:`sample_ids` and :meth:`drop_last`.
+    It may override :meth:`collate`, :meth:`sample_ids`, :meth:`drop_last` and
+    :meth:`eval_sampler`.
 
     Args:
         batch_size: training batch size; eval_batch_size: val/test (default: batch_size).
@@ -87,6 +88,10 @@ class PairedDataModule(pl.LightningDataModule, ABC):
         split holds more than one batch)."""
         return num_samples > self.batch_size
 
+    def eval_sampler(self, split: Split) -> Sampler[int] | None:
+        """The order of the ``val`` / ``test`` loader (None: index order)."""
+        return None
+
     def sample_ids(self, split: Split) -> list[str] | None:
         """A stable name per sample of ``split`` in index order (e.g. file paths), or None
         when the config and the input files already fix the sample order."""
@@ -110,7 +115,8 @@ class PairedDataModule(pl.LightningDataModule, ABC):
     # ------------------------------------------------------------------ loaders
     def loader(self, split: Split, *, ordered: bool = False) -> DataLoader:
         """The loader of ``split``: training shuffles (and drops a last partial batch per
-        :meth:`drop_last`) unless ``ordered``; val/test keep the index order."""
+        :meth:`drop_last`) unless ``ordered``; val/test keep the index order (or that of
+        :meth:`eval_sampler`)."""
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; valid: {list(SPLITS)}")
         dataset = self.dataset(split)
@@ -120,6 +126,7 @@ class PairedDataModule(pl.LightningDataModule, ABC):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=None if train else self.eval_sampler(split),
             drop_last=shuffle and self.drop_last(len(dataset)),
             collate_fn=self.collate(split),
             num_workers=self.num_workers,

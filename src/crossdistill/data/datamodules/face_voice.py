@@ -6,9 +6,12 @@ first generates (or reuses) the built-in synthetic data set under ``data_dir``.
 Batches (dicts, see docs/CONVENTIONS.md):
 
 * ``teacher_input`` float [B, 3, H, W], normalised with ``mean``/``std``;
-* ``student_input`` float [B, T] at ``sample_rate``; train: fixed ``crop_seconds``
-  crops; val/test: full utterances (cut at ``eval_max_seconds`` if set), zero-padded to
-  the longest in the batch, with ``student_lengths`` int64 [B] giving the true lengths
+* ``student_input`` float [B, T] at ``sample_rate`` (``audio_input=waveform``) or the
+  student's filter banks [B, frames, n_mels] (``audio_input=features``: computed once per
+  utterance and cached, see :mod:`crossdistill.data.readers.voxceleb.features`); train:
+  fixed ``crop_seconds`` crops (in frames: ``samples // hop + 1``); val/test: full
+  utterances (cut at ``eval_max_seconds`` if set), zero-padded to the longest in the
+  batch, with ``student_lengths`` int64 [B] giving the true lengths in samples or frames
   (train batches carry it too, all equal);
 * ``label`` int64 [B]: speaker index *within the split* (val/test speakers are disjoint
   from the training speakers, so val/test labels are not training classes: use them for
@@ -32,8 +35,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor
 
+from crossdistill.data.audio_features import FbankParams, RaggedFeatures
 from crossdistill.data.datamodules.base import SPLITS, PairedDataModule, Side, Split, check_side
 from crossdistill.data.datamodules.verification import VerificationData
 from crossdistill.data.degrade import DegradationConfig, Degrader, noisy_utterances, to_plain
@@ -42,8 +48,9 @@ from crossdistill.data.generators.synth_face_voice import (
     generate_synth_face_voice,
 )
 from crossdistill.data.readers.voxceleb.bad_files import BAD_FILE_POLICIES
-from crossdistill.data.readers.voxceleb.collate import pad_collate
+from crossdistill.data.readers.voxceleb.collate import LengthOrder, pad_collate
 from crossdistill.data.readers.voxceleb.dataset import FaceVoiceDataset
+from crossdistill.data.readers.voxceleb.features import utterance_features, wav_fingerprint
 from crossdistill.data.readers.voxceleb.layout import Utterance, VoxCelebIndex
 from crossdistill.data.readers.voxceleb.scan import scan_voxceleb
 from crossdistill.data.readers.voxceleb.splits import (
@@ -54,6 +61,8 @@ from crossdistill.data.readers.voxceleb.splits import (
 from crossdistill.data.readers.voxceleb.trials import Trial, make_trials, read_trials
 
 log = logging.getLogger(__name__)
+
+AUDIO_INPUTS = ("waveform", "features")
 
 
 class FaceVoiceDataModule(PairedDataModule, VerificationData):
@@ -79,6 +88,14 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
             ``first`` (see :class:`FaceVoiceDataset`).
         on_bad_file: ``raise`` or ``skip`` (skipped files are logged and listed in
             ``skipped_files``). validate_files: check every file header at setup.
+        audio_input: ``waveform`` or ``features`` (filter banks of every utterance, the
+            degraded training inputs and the evaluator's noisy inputs included, computed
+            once into a content-keyed memory-mapped cache; the student encoder is wired
+            ``input=features`` and checks the settings).
+        audio_features: :class:`~crossdistill.data.audio_features.FbankParams` fields
+            (``n_mels``, ``n_fft``, ``win_length``, ``hop_length``: the student's) plus
+            ``cache_dir`` (default ``<data_dir>/face_voice_features``) and ``cache_check``
+            (``content``: hash the wav bytes, default; ``stat``: size + mtime).
     """
 
     def __init__(self, root: str | None = None, face_root: str | None = None,
@@ -95,7 +112,8 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
                  resample: bool = True, validate_files: bool = True, estimate_snr: bool = True,
                  mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), seed: int = 0,
-                 train_face_frame: str = "random"):
+                 train_face_frame: str = "random", audio_input: str = "waveform",
+                 audio_features: Mapping[str, Any] | None = None):
         super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
         if on_bad_file not in BAD_FILE_POLICIES:
             raise ValueError(f"on_bad_file={on_bad_file!r}; valid: {list(BAD_FILE_POLICIES)}")
@@ -139,6 +157,7 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
             raise ValueError(f"train_face_frame={train_face_frame!r}; "
                              f"valid: {list(FaceVoiceDataset.FACE_FRAME_MODES)}")
         self.train_face_frame = train_face_frame
+        self._init_audio_input(audio_input, audio_features)
         self._index: VoxCelebIndex | None = None
         self._splits: dict[str, list[str]] = {}
         self._datasets: dict[str, FaceVoiceDataset] = {}
@@ -188,6 +207,7 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
                for s in ("val", "test")}}
         if not len(self._datasets["train"]):
             raise ValueError(f"no training utterances under {index.wav_root}")
+        self._attach_audio_features()
         skipped = {Path(p).relative_to(index.wav_root).as_posix(): r
                    for p, r in index.skipped if _is_below(p, index.wav_root)}
         for s in ("val", "test"):
@@ -278,16 +298,20 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
         if side == "teacher":
             size = self.image_size
             return {"in_chans": 3, "image_size": size, "input_dim": 3 * size * size}
-        return {"sample_rate": self.sample_rate}
+        return {"sample_rate": self.sample_rate, **self._student_input_wiring()}
 
     @property
     def teacher_input_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
     @property
-    def student_input_shape(self) -> tuple[int]:
-        """Training crop shape (eval utterances vary in length)."""
-        return (int(round(self.crop_seconds * self.sample_rate)),)
+    def student_input_shape(self) -> tuple[int, ...]:
+        """Training crop shape: ``(samples,)`` or ``(frames, n_mels)`` (eval utterances vary
+        in length)."""
+        samples = int(round(self.crop_seconds * self.sample_rate))
+        if self.audio_input == "features":
+            return (self.fbank_params.num_frames(samples), self.fbank_params.n_mels)
+        return (samples,)
 
     def dataset(self, split: Split) -> FaceVoiceDataset:
         """Training crops (``train``) or all utterances of the split's speakers, full length
@@ -297,6 +321,14 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
 
     def collate(self, split: Split) -> Callable:
         return pad_collate
+
+    def eval_sampler(self, split: Split) -> LengthOrder | None:
+        """With cached features: val/test utterances in order of length (frames), so the
+        evaluator embeds the utterances of one length together (no padding; metrics do not
+        depend on the order)."""
+        if self.audio_input != "features":
+            return None
+        return LengthOrder(self.dataset(split).features.lengths)
 
     def drop_last(self, num_samples: int) -> bool:
         return num_samples >= 2 * self.batch_size
@@ -314,12 +346,72 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
         return self.dataset(split).items
 
     def noisy_eval_input(
-        self, batch: dict[str, Tensor], snr_db: float, seed: int, kind: str = "white"
+        self, batch: dict[str, Tensor], snr_db: float, seed: int, kind: str = "white",
+        split: str | None = None,
     ) -> Tensor:
         """Each utterance noised over its true length (``student_lengths``; padding stays
-        zero), see :func:`crossdistill.data.degrade.noisy_utterances`."""
+        zero), see :func:`crossdistill.data.degrade.noisy_utterances`; with
+        ``audio_input=features`` the cached filter banks of those noisy waveforms (of
+        ``split``)."""
+        if self.audio_input == "features":
+            return self._noisy_features(batch, snr_db, seed, kind, split)
         return noisy_utterances(batch["student_input"], batch.get("student_lengths"),
                                 batch["index"], snr_db, seed, kind)
+
+    # ------------------------------------------------------------------ cached audio features
+    def _init_audio_input(self, audio_input: str, audio_features: Mapping[str, Any] | None
+                          ) -> None:
+        if audio_input not in AUDIO_INPUTS:
+            raise ValueError(f"data.audio_input={audio_input!r}; valid: {list(AUDIO_INPUTS)}")
+        self.audio_input = audio_input
+        options = dict(to_plain(audio_features) or {})
+        self.features_cache_dir = Path(options.pop("cache_dir", None)
+                                       or Path(self.data_dir) / "face_voice_features")
+        self.features_cache_check = options.pop("cache_check", "content")
+        self.fbank_params = FbankParams.from_config(options, "data.audio_features",
+                                                    sample_rate=self.sample_rate)
+        self._feature_stores: dict[tuple, RaggedFeatures] = {}
+        self._wav_fingerprints: dict[str, str] = {}
+
+    def _student_input_wiring(self) -> dict[str, Any]:
+        """What the speech encoder must know about the input: filter banks and their
+        settings (``input``, ``input_features``) with ``audio_input=features``."""
+        if self.audio_input != "features":
+            return {}
+        return {"input": "features", "input_features": dict(vars(self.fbank_params))}
+
+    def _utterance_features(self, split: str, noise: Mapping[str, Any] | None = None
+                            ) -> RaggedFeatures:
+        key = (split, tuple(sorted((noise or {}).items())))
+        if key not in self._feature_stores:
+            dataset = self._datasets[split]
+            if split not in self._wav_fingerprints:
+                self._wav_fingerprints[split] = wav_fingerprint(dataset,
+                                                                self.features_cache_check)
+            self._feature_stores[key] = utterance_features(
+                dataset, self.fbank_params, self.features_cache_dir,
+                self._wav_fingerprints[split], noise)
+        return self._feature_stores[key]
+
+    def _attach_audio_features(self) -> None:
+        if self.audio_input != "features":
+            return
+        for split, dataset in self._datasets.items():
+            crop_frames = self.fbank_params.num_frames(dataset.crop_samples)
+            dataset.attach_features(self._utterance_features(split), crop_frames)
+
+    def _noisy_features(self, batch: dict[str, Tensor], snr_db: float, seed: int, kind: str,
+                        split: str | None) -> Tensor:
+        if split not in ("val", "test"):
+            raise ValueError(f"noisy_eval_input needs split='val' or 'test' with cached "
+                             f"features (data.audio_input=features), got split={split!r}")
+        store = self._utterance_features(
+            split, {"snr_db": float(snr_db), "seed": int(seed), "kind": str(kind)})
+        out = torch.zeros_like(batch["student_input"])
+        for j, i in enumerate(batch["index"].tolist()):
+            frames = torch.from_numpy(np.array(store[int(i)]))
+            out[j, : frames.shape[0]] = frames.to(out)
+        return out
 
     @property
     def wav_root(self) -> Path:

@@ -40,11 +40,17 @@ class VerificationData(ABC):
 
     @abstractmethod
     def noisy_eval_input(
-        self, batch: dict[str, Tensor], snr_db: float, seed: int, kind: str = "white"
+        self,
+        batch: dict[str, Tensor],
+        snr_db: float,
+        seed: int,
+        kind: str = "white",
+        split: str | None = None,
     ) -> Tensor:
         """``batch['student_input']`` with every sample mixed with ``kind`` noise at
         ``snr_db`` dB, the noise fixed by ``(seed, snr_db, batch['index'])``: the same in
-        every run, whatever the batching."""
+        every run, whatever the batching (``split``: the eval split the batch comes from,
+        for data that look the noisy inputs up by index)."""
 
     def eval_size(self, split: str) -> int:
         """Number of eval samples of ``split``."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import soundfile as sf
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from crossdistill.data.audio_features import RaggedFeatures
 from crossdistill.data.degrade import Degrader, estimate_snr_db
 from crossdistill.data.readers.voxceleb.bad_files import BadFileError
 from crossdistill.data.readers.voxceleb.layout import Utterance, VoxCelebIndex
@@ -25,6 +27,12 @@ class FaceVoiceDataset(Dataset):
     so a frozen teacher's output can be cached) or ``first``. ``train=False``: the full
     utterance (cut at ``max_seconds`` if given) and the first frame of the same video.
     Labels are the identity's index within ``identities`` (sorted).
+
+    With ``features`` (:meth:`attach_features`: the filter banks of every
+    :meth:`full_waveform`, computed once), ``student_input`` is ``[frames, n_mels]``:
+    training crops of ``crop_frames`` frames taken in the frame domain (short utterances
+    wrapped around), eval = all frames; the SNR estimate and the degradation flag come from
+    the same cache (they were computed on the degraded full utterance).
     """
 
     FACE_FRAME_MODES = ("random", "per_index", "first")
@@ -55,7 +63,28 @@ class FaceVoiceDataset(Dataset):
         self.resample = resample
         self.degrader = degrader
         self.estimate_snr = estimate_snr
+        self.features: RaggedFeatures | None = None
+        self.crop_frames = 0
 
+    def attach_features(self, features: RaggedFeatures | None, crop_frames: int = 0) -> None:
+        """Serve cached filter banks (row ``i`` = utterance ``i``) instead of waveforms;
+        ``crop_frames``: training crop length in frames. ``None`` -> waveforms again."""
+        if features is not None and len(features) != len(self.items):
+            raise ValueError(f"{len(features)} cached utterances for the {len(self.items)} of "
+                             f"the {self.split} split")
+        self.features, self.crop_frames = features, int(crop_frames)
+
+    def full_waveform(self, i: int) -> tuple[Tensor, float | None]:
+        """Utterance ``i`` as a whole (eval: cut at ``max_seconds``) with the split's
+        degradation applied (seeded per index), and the SNR it was noised at (or None):
+        what the cached features are computed from."""
+        u = self.items[i]
+        wave = load_waveform(self.index.wav_root / u.path, self.sample_rate,
+                             resample=self.resample,
+                             num_samples=-1 if self.train else self.max_samples)
+        if self.degrader is None:
+            return wave, None
+        return self.degrader.speech(wave, self.split, i)
     def __len__(self) -> int:
         return len(self.items)
 
@@ -100,9 +129,11 @@ class FaceVoiceDataset(Dataset):
         elif self.train and self.train_face_frame == "per_index":
             k = i % len(frames)
         face = load_face(frames[k], self.image_size)
-        wave = self._load_audio(u)
         sample = {"label": torch.tensor(self.label_of[u.identity], dtype=torch.int64),
                   "index": torch.tensor(i, dtype=torch.int64)}
+        if self.features is not None:
+            return self._sample_from_features(sample, face, i)
+        wave = self._load_audio(u)
         if self.degrader is not None:
             face, face_kind = self.degrader.face(face, self.split, i)
             wave, snr = self.degrader.speech(wave, self.split, i)
@@ -116,3 +147,30 @@ class FaceVoiceDataset(Dataset):
             sample["student_quality"] = snr_est
         return sample
 
+
+    def _feature_frames(self, i: int) -> Tensor:
+        """Cached frames of utterance ``i``: all (eval) or a random training crop."""
+        total = self.features.length(i)
+        if not self.train:
+            return torch.from_numpy(np.array(self.features[i]))
+        n = self.crop_frames
+        if total > n:
+            start = int(torch.randint(0, total - n + 1, ()).item())
+            return torch.from_numpy(np.array(self.features[i][start : start + n]))
+        frames = torch.from_numpy(np.array(self.features[i]))
+        return frames.repeat(math.ceil(n / total), 1)[:n]  # short utterance: wrap around
+
+    def _sample_from_features(self, sample: dict[str, Tensor], face: Tensor,
+                              i: int) -> dict[str, Tensor]:
+        columns = self.features.columns
+        if self.degrader is not None:
+            face, face_kind = self.degrader.face(face, self.split, i)
+            sample["teacher_degraded"] = torch.tensor(face_kind is not None)
+            sample["student_degraded"] = torch.tensor(bool(columns["degraded"][i]))
+        sample["teacher_input"] = (face - self.mean) / self.std
+        sample["student_input"] = self._feature_frames(i)
+        if self.estimate_snr:
+            snr_est = torch.tensor(float(columns["snr_db"][i]), dtype=torch.float32)
+            sample["student_snr_db"] = snr_est
+            sample["student_quality"] = snr_est
+        return sample
