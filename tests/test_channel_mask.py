@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from crossdistill.diagnosis import layer_teacher_fn
-from crossdistill.models.channel_mask import ChannelMask, read_ranking
+from crossdistill.models.channel_mask import ChannelMask, read_ranking, refit_classifier
+from crossdistill.models.heads import LinearClassifier
 from crossdistill.train import train
 from crossdistill.utils.teacher_store import teacher_key
 from test_avmnist_data import tiny_overrides, tiny_roots  # noqa: F401  (fixture)
@@ -92,10 +93,23 @@ def test_ranking_file_errors(tmp_path):
     assert read_ranking(write_ranking(tmp_path / "r.csv", [2, 0, 1])) == [2, 0, 1]
 
 
+def test_refit_classifier_learns_the_kept_channels_from_scratch_and_stays_frozen():
+    torch.manual_seed(0)
+    embeddings = torch.tensor([[1.0, 0.0], [2.0, 0.5], [-1.0, 0.2], [-2.0, -0.1]])
+    labels = torch.tensor([1, 1, 0, 0])
+    classifier = LinearClassifier(2, 2)
+    before = classifier.fc.weight.clone()
+    assert refit_classifier(classifier, embeddings, labels, steps=200) == 1.0
+    assert not torch.equal(before, classifier.fc.weight)
+    assert not any(p.requires_grad for p in classifier.parameters())
+
+
+@pytest.mark.parametrize("retrain_head", [False, True])
 def test_fusion_teacher_reduced_to_its_audio_channels_distils_and_is_saved(
     tiny_roots,  # noqa: F811
     compose_cfg,
     tmp_path,
+    retrain_head,
 ):
     ranking = write_ranking(tmp_path / "seed_0.csv", list(range(127, -1, -1)))  # audio first
     common = ["experiment=avmnist/fusion2a", "distill=kd", "trainer.max_epochs=1",
@@ -105,6 +119,7 @@ def test_fusion_teacher_reduced_to_its_audio_channels_distils_and_is_saved(
         "teacher.keep_channels.keep=top",
         "teacher.keep_channels.k=64",
         f"teacher.keep_channels.ranking={tmp_path}/seed_${{seed}}.csv",
+        f"+teacher.keep_channels.retrain_head={retrain_head}",
     )
     # the trained teacher is the same with or without the mask: one cached teacher
     assert teacher_key(masked) == teacher_key(compose_cfg(*common))
@@ -114,6 +129,13 @@ def test_fusion_teacher_reduced_to_its_audio_channels_distils_and_is_saved(
     assert kept.nonzero().flatten().tolist() == list(range(64, 128))
     fill = state["state_dict"]["teacher_channel_mask.fill"]
     assert fill.abs().sum() > 0 and bool(state["state_dict"]["teacher_channel_mask.fitted"])
+    recorded = torch.load(Path(summary["run_dir"]) / "teacher" / "teacher.ckpt", weights_only=False)
+    head = "classifier.fc.weight"
+    refitted = not torch.equal(state["state_dict"][f"teacher_{head}"], recorded["state_dict"][head])
+    assert refitted == retrain_head  # only the classifier may change, and only when asked
+    encoder_keys = [k for k in recorded["state_dict"] if k.startswith("encoder.")]
+    for key in encoder_keys:
+        assert torch.equal(state["state_dict"][f"teacher_{key}"], recorded["state_dict"][key])
     assert ranking.is_file()
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
@@ -24,7 +25,7 @@ from torch.utils.data import default_collate
 from crossdistill.cache import TeacherFeatureCache
 from crossdistill.data.datamodules.base import PairedDataModule, Side
 from crossdistill.losses import LossComposer
-from crossdistill.models.channel_mask import ChannelMask
+from crossdistill.models.channel_mask import ChannelMask, refit_classifier
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
 from crossdistill.modules.distill import STUDENT_MODULE_FIELDS, TEACHER_FIELDS
 from crossdistill.utils.loggers import STUDENT, is_wandb, stage_overrides
@@ -210,6 +211,16 @@ def fit_channel_mask(module: nn.Module, datamodule: PairedDataModule) -> None:
     kept = mask.kept.nonzero().flatten().tolist()
     log.info("teacher reduced to %d channels of %s (%s): %s", len(kept), mask.layer,
              mask.keep_mode, kept)
+    if mask.retrain_head:
+        embeddings, labels = [], []
+        with torch.no_grad():
+            for batch in datamodule.loader("train", ordered=True):
+                embeddings.append(encoder(batch["teacher_input"]))
+                labels.append(batch["label"])
+        accuracy = refit_classifier(
+            module.teacher_classifier, torch.cat(embeddings), torch.cat(labels)
+        )
+        log.info("teacher classifier refitted on the kept channels: train top-1 %.3f", accuracy)
 
 
 _LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory")

@@ -5,7 +5,10 @@
 or lowest (``keep: bottom``) by an Algorithm 1 ranking (the CSV written by
 ``crossdistill-diagnose``) and replaces every other channel by its mean over the training
 set, so the teacher's logits depend only on the kept channels while their scale stays what
-the classifier was trained on. The teacher is not retrained. The mask is a module of the
+the classifier was trained on. The teacher's encoder is not retrained; with
+``retrain_head: true`` its classifier is refitted on the masked embeddings of the training
+set (a linear probe on the kept channels, :func:`refit_classifier`), so the reduced teacher
+is as good as those channels allow. The mask is a module of the
 student's DistillModule (its buffers are saved in checkpoints), applied by a forward hook
 on the layer; channels are dimension 1 of the layer's output (``[B, C]``, ``[B, C, T]``,
 ``[B, C, H, W]``).
@@ -45,7 +48,9 @@ def read_ranking(path: str | Path) -> list[int]:
 class ChannelMask(nn.Module):
     """Keep ``k`` channels of ``layer`` (by ``ranking``), the others at their training mean."""
 
-    def __init__(self, layer: str, ranking: Iterable[int], keep: str, k: int) -> None:
+    def __init__(
+        self, layer: str, ranking: Iterable[int], keep: str, k: int, retrain_head: bool = False
+    ) -> None:
         super().__init__()
         ranking = list(ranking)
         channels = len(ranking)
@@ -63,6 +68,8 @@ class ChannelMask(nn.Module):
         chosen = ranking[:k] if keep == "top" else ranking[-k:]
         self.layer = layer
         self.keep_mode = keep
+        #: refit the teacher's classifier on the masked embeddings (:func:`refit_classifier`)
+        self.retrain_head = bool(retrain_head)
         kept = torch.zeros(channels, dtype=torch.bool)
         kept[chosen] = True
         self.register_buffer("kept", kept)
@@ -72,7 +79,13 @@ class ChannelMask(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ChannelMask:
-        return cls(str(cfg["layer"]), read_ranking(cfg["ranking"]), str(cfg["keep"]), int(cfg["k"]))
+        return cls(
+            str(cfg["layer"]),
+            read_ranking(cfg["ranking"]),
+            str(cfg["keep"]),
+            int(cfg["k"]),
+            bool(cfg.get("retrain_head", False)),
+        )
 
     def forward(self, features: Tensor) -> Tensor:
         if features.shape[1] != self.kept.numel():
@@ -108,3 +121,28 @@ class ChannelMask(nn.Module):
             self.active = was_active
         self.fill.copy_((total / max(count, 1)).to(self.fill.dtype))
         self.fitted.fill_(True)
+
+
+def refit_classifier(
+    classifier: nn.Module, embeddings: Tensor, labels: Tensor, steps: int = 300, lr: float = 0.01
+) -> float:
+    """Retrain ``classifier`` from a fresh initialisation on fixed ``embeddings`` (full
+    batch, Adam, cross-entropy on ``classifier(embeddings, labels)``, so margin heads train
+    as they were trained); returns its training accuracy. Its parameters stay frozen."""
+    for module in classifier.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    params = list(classifier.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(classifier(embeddings, labels), labels)
+            loss.backward()
+            optimizer.step()
+    for p in params:
+        p.requires_grad_(False)
+    with torch.no_grad():
+        return (classifier(embeddings).argmax(1) == labels).float().mean().item()
