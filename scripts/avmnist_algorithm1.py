@@ -7,7 +7,9 @@
    ``<out>/rankings/seed_<seed>.csv`` and counts how many of the top / bottom 32 channels
    come from the audio branch (channels 64-127), in ``<out>/channels.md``.
 3. Runs the remaining rows (the teacher reduced to its top / bottom 32 channels) with those
-   rankings and writes the table (paired differences to no KD with 95 % intervals).
+   rankings and writes the table (paired differences to no KD with 95 % intervals), then
+   ``<out>/contrasts.md``: the reduced teachers against the whole one and against each
+   other (paired, same seeds) and each teacher's own test top-1 as the student saw it.
 
     python scripts/avmnist_algorithm1.py [--out DIR] [--quick] [extra Hydra overrides]
 """
@@ -21,7 +23,10 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from crossdistill.analysis.paired import paired_difference
+from crossdistill.run_dir import load_run
 from crossdistill.tables.aggregate import cell_dir
 from crossdistill.tables.collect import find_runs
 from crossdistill.tables.runner import run_spec
@@ -83,7 +88,60 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {run.seed} | {top} | {bottom} |")
     (out / "channels.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return run_spec(SPEC, **common)
+    code = run_spec(SPEC, **common)
+    report = contrasts(out)
+    (out / "contrasts.md").write_text(report)
+    print(report)
+    return code
+
+
+CONTRASTS = [  # (row, against): the comparisons MFH's claim is about
+    ("logit KD (top 32 channels)", "logit KD (whole teacher)"),
+    ("logit KD (top 32 channels)", "logit KD (bottom 32 channels)"),
+    ("logit KD (top 32, head refitted)", "logit KD (whole teacher)"),
+    ("logit KD (top 32, head refitted)", "logit KD (bottom 32, head refitted)"),
+]
+
+
+def teacher_accuracy(run_dir: Path) -> float:
+    """Test top-1 of the teacher as the run distilled from it (channel mask, refitted head)."""
+    run = load_run(run_dir, "auto")
+    module = run.module.eval()
+    run.datamodule.setup("test")
+    correct = total = 0
+    with torch.no_grad():
+        for batch in run.datamodule.test_dataloader():
+            logits = module.teacher_logits(batch["teacher_input"])
+            correct += int((logits.argmax(1) == batch["label"]).sum())
+            total += len(batch["label"])
+    return correct / total
+
+
+def contrasts(out: Path) -> str:
+    """Paired differences between the rows (same seeds) and each reduced teacher's accuracy."""
+    runs = pd.read_csv(out / "table.csv")
+    runs = runs[runs.status == "ok"]
+    acc = {row: dict(zip(g.seed, g["test/acc"], strict=True)) for row, g in runs.groupby("row")}
+    lines = ["| student: row - against (same seeds) | difference, top-1 % |", "|---|---|"]
+    for row, against in CONTRASTS:
+        if row in acc and against in acc:
+            diff = paired_difference(acc[row], acc[against])
+            lines.append(f"| {row} - {against} | {diff.format(scale=100)} |")
+    lines += [
+        "",
+        "| teacher as distilled (test top-1 %, mean over seeds) | per seed |",
+        "|---|---|",
+    ]
+    for row, group in runs.groupby("row", sort=False):
+        if row == "no KD":
+            continue
+        per_seed = {
+            int(r.seed): 100 * teacher_accuracy(Path(r.run_dir)) for r in group.itertuples()
+        }
+        mean = sum(per_seed.values()) / len(per_seed)
+        detail = ", ".join(f"{v:.1f}" for _, v in sorted(per_seed.items()))
+        lines.append(f"| {row}: {mean:.1f} | {detail} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
