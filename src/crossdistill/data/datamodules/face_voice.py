@@ -42,12 +42,12 @@ from typing import Any
 from torch import Tensor
 
 from crossdistill.data.datamodules.base import SPLITS, PairedDataModule, Side, Split, check_side
-from crossdistill.data.datamodules.verification import VerificationData
 from crossdistill.data.datamodules.face_pool import (
     FacePoolDataset,
     OracleFactorDataset,
     TeacherPoolDataModule,
 )
+from crossdistill.data.datamodules.verification import VerificationData
 from crossdistill.data.degrade import DegradationConfig, Degrader, noisy_utterances, to_plain
 from crossdistill.data.generators.synth_face_voice import (
     IDENTITIES,
