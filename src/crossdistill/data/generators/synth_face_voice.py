@@ -132,10 +132,10 @@ class SynthFaceVoiceConfig:
             raise ValueError(f"generator.n_face_only={self.n_face_only}: need 0 <= n_face_only "
                              f"and n_voice_factors + n_face_only <= {len(FACE_ATTRS)} "
                              "(the face attributes)")
-        if min(self.n_val_identities, self.n_test_identities) < 2:
-            raise ValueError(f"generator.n_val_identities={self.n_val_identities} / "
-                             f"n_test_identities={self.n_test_identities}: need >= 2 each "
-                             "(verification trials)")
+        for key in ("n_val_identities", "n_test_identities", "n_trials", "n_val_trials"):
+            if getattr(self, key) < 2:
+                raise ValueError(f"generator.{key}={getattr(self, key)}: must be >= 2 "
+                                 "(verification trials)")
         if self.n_val_identities + self.n_test_identities >= self.n_identities:
             raise ValueError(f"generator.n_identities={self.n_identities} leaves no training "
                              f"identities after n_val_identities={self.n_val_identities} and "
@@ -147,9 +147,6 @@ class SynthFaceVoiceConfig:
         if self.n_teacher_identities < 0:
             raise ValueError(f"generator.n_teacher_identities={self.n_teacher_identities}: "
                              "must be >= 0 (0 = no teacher pool)")
-        if min(self.n_trials, self.n_val_trials) < 2:
-            raise ValueError(f"generator.n_trials={self.n_trials} / n_val_trials="
-                             f"{self.n_val_trials}: need >= 2 each")
         if not 0 < self.utt_seconds_min <= self.utt_seconds_max:
             raise ValueError(f"generator.utt_seconds_min={self.utt_seconds_min} / "
                              f"utt_seconds_max={self.utt_seconds_max}: need 0 < min <= max")
