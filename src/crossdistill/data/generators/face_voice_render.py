@@ -20,9 +20,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-import torchaudio.functional as AF
 from PIL import Image, ImageDraw
+from scipy.signal import lfilter
 
 FACE_ATTRS = ("face_width", "face_height", "skin_tone", "eye_spacing", "eye_height",
               "mouth_width", "mouth_curve", "hair_colour", "eye_colour")
@@ -75,20 +74,21 @@ def synth_utterance(p: Mapping[str, float], duration: float, sr: int,
     src = np.diff(np.floor(phase), prepend=0.0)
     # aspiration noise at a harmonics-to-noise ratio of ~10-20 dB (pulse power = f0 / sr)
     src = src + p["breath"] * np.sqrt(f0 / sr) * rng.standard_normal(n)
-    x = torch.from_numpy(src)
-    tilt = torch.tensor([1.0, -p["tilt"]], dtype=torch.float64)
-    one = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    x = src
     for _ in range(2):  # glottal spectral tilt
-        x = AF.lfilter(x, tilt, one * (1 - p["tilt"]), clamp=False)
-    x = torch.diff(x, prepend=x[:1])  # lip radiation
-    # filter: one resonator cascade per vowel, all vowels in one batched call
+        x = lfilter([1 - p["tilt"], 0.0], [1.0, -p["tilt"]], x)
+    x = np.diff(x, prepend=x[:1])  # lip radiation
+    # filter: one resonator cascade per vowel
     formants = VOWELS / p["vtl"]
     formants[:, 1] *= p["f2"]
-    xs = x.expand(len(VOWELS), n).contiguous()
-    for k in range(3):
-        a, b = _resonator(formants[:, k], np.full(len(VOWELS), BANDWIDTHS[k]), sr)
-        xs = AF.lfilter(xs, torch.from_numpy(a), torch.from_numpy(b), clamp=False, batching=True)
-    voiced = xs.numpy()
+    coeffs = [_resonator(formants[:, k], np.full(len(VOWELS), BANDWIDTHS[k]), sr)
+              for k in range(3)]
+    voiced = np.empty((len(VOWELS), n))
+    for v in range(len(VOWELS)):
+        y = x
+        for a, b in coeffs:
+            y = lfilter(b[v], a[v], y)
+        voiced[v] = y
     # syllables at the speaking rate, with pauses and leading/trailing silence
     env = np.zeros(n)
     vowel = np.zeros(n, dtype=np.int64)
