@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 from sklearn.linear_model import LinearRegression
@@ -20,6 +21,7 @@ from crossdistill.data.datamodules.face_pool import FacePoolDataset, TeacherPool
 from crossdistill.data.datamodules.face_voice import FaceVoiceDataModule
 from crossdistill.data.generators import synth_face_voice as synth
 from crossdistill.modules.enrol import enrolled_classifier
+from crossdistill.run_dir import load_run
 from crossdistill.train import train
 
 torch.set_num_threads(1)
@@ -258,13 +260,19 @@ def test_enrolled_classifier_prototypes_are_class_means():
 
 # --------------------------------------------------------------------------- pipeline
 def test_teacher_trained_on_the_pool_then_kd_through_enrolled_logits(tiny_face_voice):
-    cfg = tiny_face_voice("face_voice/kd", "debug=fast_dev_run")
+    cfg = tiny_face_voice("face_voice/kd", "trainer.max_epochs=1", "teacher.max_epochs=1",
+                          "callbacks.progress_bar=null")
     assert cfg.data.teacher_pool
     dm = builders.build_datamodule(cfg)
     teacher = builders.build_teacher_module(cfg, dm)
     assert teacher.classifier.weight.shape[0] == 6 == teacher.num_classes  # pool identities
     summary = train(cfg)
     assert 0.0 <= summary["student"]["test/eer"] <= 1.0 and "test/eer" in summary["teacher"]
+    # re-testing the run rebuilds the enrolled head's shape and loads it from the checkpoint
+    run = load_run(summary["run_dir"])
+    assert run.module.teacher_classifier.weight.shape[0] == dm.num_classes == 4
+    result = pl.Trainer(logger=False, enable_progress_bar=False).test(run.module, run.datamodule)
+    assert result[0]["test/eer"] == pytest.approx(summary["student"]["test/eer"], abs=1e-6)
 
 
 def test_teacher_pool_off_trains_on_the_paired_speakers(tiny_face_voice):

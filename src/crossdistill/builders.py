@@ -24,6 +24,7 @@ from torch.utils.data import default_collate
 from crossdistill.cache import TeacherFeatureCache
 from crossdistill.data.datamodules.base import PairedDataModule, Side
 from crossdistill.losses import LossComposer
+from crossdistill.models.heads import CosineClassifier
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
 from crossdistill.modules.distill import STUDENT_MODULE_FIELDS, TEACHER_FIELDS
 from crossdistill.modules.enrol import enrolled_classifier
@@ -131,26 +132,32 @@ def build_teacher_module(cfg: DictConfig, datamodule: PairedDataModule) -> Teach
 
 
 def teacher_over_student_classes(
-    teacher: TeacherModule, datamodule: PairedDataModule, loss: LossComposer
+    teacher: TeacherModule, datamodule: PairedDataModule, loss: LossComposer, enrol: bool = True
 ) -> TeacherModule:
     """A teacher trained on other classes than the student's (``teacher_stage_data``) whose
     logits a term reads gets an enrolled classifier over the student's training classes
-    (``modules.enrol``: class-mean prototypes of the training set's teacher inputs)."""
+    (``modules.enrol``: class-mean prototypes of the training set's teacher inputs);
+    ``enrol=False``: a cosine head of that shape only, for weights loaded from a checkpoint."""
     if teacher.num_classes == datamodule.num_classes or not (
         loss.required_fields & {"teacher_logits"}
     ):
         return teacher
-    log.info(
-        "teacher trained on %d classes: enrolling the %d student training classes for its logits",
-        teacher.num_classes,
-        datamodule.num_classes,
-    )
-    teacher.classifier = enrolled_classifier(
-        teacher.encoder,
-        datamodule.loader("train", ordered=True),
-        datamodule.num_classes,
-        scale=float(getattr(teacher.classifier, "scale", 30.0)),
-    )
+    scale = float(getattr(teacher.classifier, "scale", 30.0))
+    if enrol:
+        log.info(
+            "teacher trained on %d classes: enrolling the %d student training classes",
+            teacher.num_classes,
+            datamodule.num_classes,
+        )
+        head = enrolled_classifier(
+            teacher.encoder,
+            datamodule.loader("train", ordered=True),
+            datamodule.num_classes,
+            scale=scale,
+        )
+    else:
+        head = CosineClassifier(teacher.encoder.embedding_dim, datamodule.num_classes, scale)
+    teacher.classifier = head
     teacher.num_classes = datamodule.num_classes
     return teacher
 
