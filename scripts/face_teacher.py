@@ -27,10 +27,14 @@ from crossdistill.utils.config import compose_config
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides (default experiment: "
-                        "face_voice/no_kd with its teacher)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides (default experiment: face_voice/no_kd with its teacher)",
+    )
     args = parser.parse_args(argv)
     overrides = list(args.overrides)
     if not any(o.startswith("experiment=") for o in overrides):
@@ -45,8 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
     data_seconds = time.time() - t0
     t0 = time.time()
     _, metrics = obtain_teacher(cfg, datamodule, Path(cfg.paths.output_dir))
-    result = {"teacher": metrics, "teacher_seconds": round(time.time() - t0, 1),
-              "data_seconds_this_run": round(data_seconds, 1)}
+    result = {
+        "teacher": metrics,
+        "teacher_seconds": round(time.time() - t0, 1),
+        "data_seconds_this_run": round(data_seconds, 1),
+    }
     if getattr(datamodule, "generator_cfg", None) is not None:  # built-in data
         root = datamodule.input_paths()[0]
         manifest = json.loads((root / "manifest.json").read_text())

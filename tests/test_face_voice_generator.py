@@ -36,13 +36,15 @@ def synth_root(tmp_path_factory) -> Path:
 
 def identities_only(**kw) -> synth.SynthFaceVoiceConfig:
     """Many identities, nothing written (identity sampling is numpy only)."""
-    return synth.SynthFaceVoiceConfig(n_identities=600, n_val_identities=2, n_test_identities=2,
-                                      **kw)
+    return synth.SynthFaceVoiceConfig(
+        n_identities=600, n_val_identities=2, n_test_identities=2, **kw
+    )
 
 
 def r2_by_sklearn(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.array([LinearRegression().fit(x, y[:, j]).score(x, y[:, j])
-                     for j in range(y.shape[1])])
+    return np.array(
+        [LinearRegression().fit(x, y[:, j]).score(x, y[:, j]) for j in range(y.shape[1])]
+    )
 
 
 # --------------------------------------------------------------------------- gamma
@@ -76,20 +78,26 @@ def test_gamma_rounds_half_up():
 def test_data_seed_changes_identities_not_structure():
     a, b = identities_only(seed=0), identities_only(seed=1)
     for field in ("face_mixing", "voice_mixing"):
-        np.testing.assert_array_equal(getattr(synth.mixing_structure(a), field),
-                                      getattr(synth.mixing_structure(b), field))
+        np.testing.assert_array_equal(
+            getattr(synth.mixing_structure(a), field), getattr(synth.mixing_structure(b), field)
+        )
     other = synth.mixing_structure(identities_only(structure_seed=1))
     assert not np.allclose(other.face_mixing, synth.mixing_structure(a).face_mixing)
     fa = np.array([d["face_factors"] for d in synth.sample_identities(a)])
     fb = np.array([d["face_factors"] for d in synth.sample_identities(b)])
     assert not np.allclose(fa, fb)
     # the realised shared information barely moves with the data seed
-    r2 = [synth.shared_information(synth.sample_identities(c), c)[
-        "r2_voice_attributes_from_face_attributes"] for c in (a, b)]
+    r2 = [
+        synth.shared_information(synth.sample_identities(c), c)[
+            "r2_voice_attributes_from_face_attributes"
+        ]
+        for c in (a, b)
+    ]
     assert abs(r2[0] - r2[1]) < 0.05
     # gamma changes the voices only: the faces of a data seed are the same for every gamma
-    g1 = np.array([d["face_factors"] for d in synth.sample_identities(
-        dataclasses.replace(a, gamma=1.0))])
+    g1 = np.array(
+        [d["face_factors"] for d in synth.sample_identities(dataclasses.replace(a, gamma=1.0))]
+    )
     np.testing.assert_array_equal(fa, g1)
 
 
@@ -128,10 +136,13 @@ def test_teacher_pool_is_disjoint_from_the_paired_identities(synth_root):
     for ident in pool:
         assert len(list((synth_root / synth.TEACHER_FACES / ident).glob("*.png"))) == 2
     assert not list((synth_root / "wav").glob(f"{pool[0]}*"))  # faces only
-    pool_factors = {tuple(d["face_factors"]) for d in
-                    json.loads((synth_root / synth.TEACHER_IDENTITIES).read_text())}
-    paired_factors = {tuple(d["face_factors"]) for d in
-                      json.loads((synth_root / "identities.json").read_text())}
+    pool_factors = {
+        tuple(d["face_factors"])
+        for d in json.loads((synth_root / synth.TEACHER_IDENTITIES).read_text())
+    }
+    paired_factors = {
+        tuple(d["face_factors"]) for d in json.loads((synth_root / "identities.json").read_text())
+    }
     assert len(pool_factors) == 6 and not pool_factors & paired_factors
 
 
@@ -154,13 +165,18 @@ def test_manifest_reports_shared_information_and_counts(synth_root):
 
 def test_default_sizes_give_enough_target_trials():
     cfg = synth.SynthFaceVoiceConfig()
-    assert (cfg.n_identities - cfg.n_val_identities - cfg.n_test_identities,
-            cfg.n_val_identities, cfg.n_test_identities) == (600, 100, 300)
+    assert (
+        cfg.n_identities - cfg.n_val_identities - cfg.n_test_identities,
+        cfg.n_val_identities,
+        cfg.n_test_identities,
+    ) == (600, 100, 300)
     # distinct cross-video target pairs per test speaker, and the trial maker draws them
     videos, utts = cfg.videos_per_identity, cfg.utterances_per_video
     assert cfg.n_test_identities * videos * (videos - 1) // 2 * utts**2 >= cfg.n_trials // 2
-    by_id = {f"id{i}": [f"id{i}/vid{v:02d}/{u:05d}.wav" for v in range(videos)
-                        for u in range(utts)] for i in range(cfg.n_test_identities)}
+    by_id = {
+        f"id{i}": [f"id{i}/vid{v:02d}/{u:05d}.wav" for v in range(videos) for u in range(utts)]
+        for i in range(cfg.n_test_identities)
+    }
     trials = synth.make_trials(by_id, cfg.n_trials, seed=4)
     assert sum(t.label for t in trials) == cfg.n_trials // 2 >= 5000
 
@@ -180,22 +196,25 @@ def test_bad_generator_values_fail_naming_the_key(tmp_path, change, key):
 
 # --------------------------------------------------------------------------- datamodule
 def tiny_dm(root_dir: Path, **kw) -> FaceVoiceDataModule:
-    dm = FaceVoiceDataModule(data_dir=str(root_dir), generator=TINY, crop_seconds=0.5,
-                             batch_size=4, seed=1, **kw)
+    dm = FaceVoiceDataModule(
+        data_dir=str(root_dir), generator=TINY, crop_seconds=0.5, batch_size=4, seed=1, **kw
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
 
 
 def test_oracle_teacher_input_is_the_true_face_factors_plus_noise(synth_root):
-    factors = {d["identity"]: d["face_factors"]
-               for d in json.loads((synth_root / "identities.json").read_text())}
+    factors = {
+        d["identity"]: d["face_factors"]
+        for d in json.loads((synth_root / "identities.json").read_text())
+    }
     data_dir = synth_root.parents[1]
     exact = tiny_dm(data_dir, teacher_input="oracle_factors", oracle_noise_std=0.0)
-    noisy = tiny_dm(data_dir, teacher_input="oracle_factors", oracle_noise_std=0.5,
-                    teacher_pool=True)
-    assert exact.teacher_input_shape == (4,) and exact.encoder_inputs("teacher") == {
-        "input_dim": 4}
+    noisy = tiny_dm(
+        data_dir, teacher_input="oracle_factors", oracle_noise_std=0.5, teacher_pool=True
+    )
+    assert exact.teacher_input_shape == (4,) and exact.encoder_inputs("teacher") == {"input_dim": 4}
     assert exact.teacher_input_fixed_per_index
     diffs = []
     for split in ("train", "val", "test"):
@@ -209,8 +228,10 @@ def test_oracle_teacher_input_is_the_true_face_factors_plus_noise(synth_root):
     diffs = np.concatenate(diffs)
     assert 0.4 < diffs.std() < 0.6 and abs(diffs.mean()) < 0.1
     pool = noisy.teacher_stage_datamodule().dataset("train")
-    pool_factors = {d["identity"]: d["face_factors"]
-                    for d in json.loads((synth_root / synth.TEACHER_IDENTITIES).read_text())}
+    pool_factors = {
+        d["identity"]: d["face_factors"]
+        for d in json.loads((synth_root / synth.TEACHER_IDENTITIES).read_text())
+    }
     ident, _ = pool.frames[3]
     err = pool[3]["teacher_input"] - torch.tensor(pool_factors[ident], dtype=torch.float32)
     assert pool[3]["teacher_input"].shape == (4,) and err.abs().max() < 2.5
@@ -247,9 +268,10 @@ def test_enrolled_classifier_prototypes_are_class_means():
         def forward(self, x):
             return x
 
-    batches = [{"teacher_input": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
-                "label": torch.tensor([0, 0])},
-               {"teacher_input": torch.tensor([[0.0, 2.0]]), "label": torch.tensor([1])}]
+    batches = [
+        {"teacher_input": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "label": torch.tensor([0, 0])},
+        {"teacher_input": torch.tensor([[0.0, 2.0]]), "label": torch.tensor([1])},
+    ]
     head = enrolled_classifier(Identity(), batches, num_classes=2, scale=10.0)
     # class 0: mean of (1, 0) and (0, 1) = (0.5, 0.5) -> (0.7071, 0.7071); class 1: (0, 1)
     torch.testing.assert_close(head.weight, torch.tensor([[0.70710678, 0.70710678], [0, 1.0]]))
@@ -260,8 +282,12 @@ def test_enrolled_classifier_prototypes_are_class_means():
 
 # --------------------------------------------------------------------------- pipeline
 def test_teacher_trained_on_the_pool_then_kd_through_enrolled_logits(tiny_face_voice):
-    cfg = tiny_face_voice("face_voice/kd", "trainer.max_epochs=1", "teacher.max_epochs=1",
-                          "callbacks.progress_bar=null")
+    cfg = tiny_face_voice(
+        "face_voice/kd",
+        "trainer.max_epochs=1",
+        "teacher.max_epochs=1",
+        "callbacks.progress_bar=null",
+    )
     assert cfg.data.teacher_pool
     dm = builders.build_datamodule(cfg)
     teacher = builders.build_teacher_module(cfg, dm)
@@ -284,8 +310,13 @@ def test_teacher_pool_off_trains_on_the_paired_speakers(tiny_face_voice):
 
 def test_oracle_teacher_fast_dev_run(compose_cfg):
     tiny = [o for o in TINY_FACE_VOICE if not o.startswith("teacher.encoder.")]
-    cfg = compose_cfg("experiment=face_voice/c2kd", *tiny, "teacher=oracle",
-                      "data.teacher_input=oracle_factors", "debug=fast_dev_run")
+    cfg = compose_cfg(
+        "experiment=face_voice/c2kd",
+        *tiny,
+        "teacher=oracle",
+        "data.teacher_input=oracle_factors",
+        "debug=fast_dev_run",
+    )
     assert cfg.teacher.encoder._target_.endswith("MLPEncoder")
     summary = train(cfg)
     assert "test/eer" in summary["teacher"] and 0.0 <= summary["student"]["test/eer"] <= 1.0

@@ -20,9 +20,13 @@ from crossdistill.modules.distill import eval_mode
 
 
 @torch.no_grad()
-def enrolled_classifier(encoder: nn.Module, batches: Iterable[dict[str, Tensor]],
-                        num_classes: int, input_key: str = "teacher_input",
-                        scale: float = 30.0) -> CosineClassifier:
+def enrolled_classifier(
+    encoder: nn.Module,
+    batches: Iterable[dict[str, Tensor]],
+    num_classes: int,
+    input_key: str = "teacher_input",
+    scale: float = 30.0,
+) -> CosineClassifier:
     """``scale * cos(e, mean_c)`` with ``mean_c`` the normalised mean of class ``c``'s
     normalised ``encoder(batch[input_key])`` embeddings (``batch['label']`` = class); a
     class without samples is an error naming it."""
@@ -37,8 +41,9 @@ def enrolled_classifier(encoder: nn.Module, batches: Iterable[dict[str, Tensor]]
             counts.index_add_(0, labels, torch.ones(len(labels)))
     missing = torch.nonzero(counts == 0).flatten().tolist()
     if missing:
-        raise ValueError(f"enrolment: classes {missing[:10]} have no samples "
-                         f"({len(missing)} of {num_classes})")
+        raise ValueError(
+            f"enrolment: classes {missing[:10]} have no samples ({len(missing)} of {num_classes})"
+        )
     head = CosineClassifier(dim, num_classes, scale=scale)
     head.weight.copy_(F.normalize(sums, dim=-1))
     return head

@@ -33,8 +33,9 @@ from crossdistill.data.readers.voxceleb.trials import Trial
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2, "pool": 3}
 
 
-def oracle_input(factors: Sequence[float], noise_std: float, seed: int, split: str,
-                 index: int) -> Tensor:
+def oracle_input(
+    factors: Sequence[float], noise_std: float, seed: int, split: str, index: int
+) -> Tensor:
     """``factors`` + N(0, noise_std^2) noise fixed by (seed, split, index), float32."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     x = np.asarray(factors, dtype=np.float64)
@@ -46,10 +47,17 @@ class FacePoolDataset(Dataset):
     the identity's position in ``identities`` (sorted). With ``factors`` (identity -> true
     face factors) the input is the oracle vector instead of the image."""
 
-    def __init__(self, face_dir: str | Path, identities: Sequence[str], image_size: int,
-                 mean: Sequence[float], std: Sequence[float],
-                 factors: Mapping[str, Sequence[float]] | None = None,
-                 noise_std: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        face_dir: str | Path,
+        identities: Sequence[str],
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        factors: Mapping[str, Sequence[float]] | None = None,
+        noise_std: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         face_dir = Path(face_dir)
         self.identities = sorted(identities)
         self.label_of = {ident: i for i, ident in enumerate(self.identities)}
@@ -57,8 +65,9 @@ class FacePoolDataset(Dataset):
         for ident in self.identities:
             files = sorted((face_dir / ident).glob("*.png"))
             if not files:
-                raise FileNotFoundError(f"teacher pool identity {ident}: no faces under "
-                                        f"{face_dir / ident}")
+                raise FileNotFoundError(
+                    f"teacher pool identity {ident}: no faces under {face_dir / ident}"
+                )
             self.frames += [(ident, str(f)) for f in files]
         self.face_dir = face_dir
         self.image_size = image_size
@@ -82,17 +91,26 @@ class FacePoolDataset(Dataset):
             x = oracle_input(self.factors[ident], self.noise_std, self.seed, "pool", i)
         else:
             x = (load_face(path, self.image_size) - self.mean) / self.std
-        return {"teacher_input": x, "label": torch.tensor(self.label_of[ident]),
-                "index": torch.tensor(i, dtype=torch.int64)}
+        return {
+            "teacher_input": x,
+            "label": torch.tensor(self.label_of[ident]),
+            "index": torch.tensor(i, dtype=torch.int64),
+        }
 
 
 class OracleFactorDataset(Dataset):
     """A paired dataset whose ``teacher_input`` is replaced by the true face factors of the
     sample's identity (``identity_of[i]``) + noise fixed by (seed, split, i)."""
 
-    def __init__(self, base: Dataset, identity_of: Sequence[str],
-                 factors: Mapping[str, Sequence[float]], noise_std: float, seed: int,
-                 split: str) -> None:
+    def __init__(
+        self,
+        base: Dataset,
+        identity_of: Sequence[str],
+        factors: Mapping[str, Sequence[float]],
+        noise_std: float,
+        seed: int,
+        split: str,
+    ) -> None:
         self.base = base
         self.identity_of = list(identity_of)
         self.factors = factors
@@ -110,8 +128,9 @@ class OracleFactorDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         sample = self.base[i]
-        sample["teacher_input"] = oracle_input(self.factors[self.identity_of[i]],
-                                               self.noise_std, self.seed, self.split, i)
+        sample["teacher_input"] = oracle_input(
+            self.factors[self.identity_of[i]], self.noise_std, self.seed, self.split, i
+        )
         return sample
 
 
@@ -120,8 +139,9 @@ class TeacherPoolDataModule(PairedDataModule, VerificationData):
     ``paired``'s val / test splits with its trials (face verification of the speakers)."""
 
     def __init__(self, paired: Any, pool: FacePoolDataset) -> None:
-        super().__init__(paired.batch_size, paired.eval_batch_size, paired.num_workers,
-                         paired.pin_memory)
+        super().__init__(
+            paired.batch_size, paired.eval_batch_size, paired.num_workers, paired.pin_memory
+        )
         self.paired = paired
         self.pool = pool
 
@@ -155,6 +175,7 @@ class TeacherPoolDataModule(PairedDataModule, VerificationData):
     def eval_utterances(self, split: str) -> list[Utterance]:
         return self.paired.eval_utterances(split)
 
-    def noisy_eval_input(self, batch: dict[str, Tensor], snr_db: float, seed: int,
-                         kind: str = "white") -> Tensor:
+    def noisy_eval_input(
+        self, batch: dict[str, Tensor], snr_db: float, seed: int, kind: str = "white"
+    ) -> Tensor:
         return self.paired.noisy_eval_input(batch, snr_db, seed, kind)

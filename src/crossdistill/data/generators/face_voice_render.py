@@ -23,31 +23,45 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.signal import lfilter
 
-FACE_ATTRS = ("face_width", "face_height", "skin_tone", "eye_spacing", "eye_height",
-              "mouth_width", "mouth_curve", "hair_colour", "eye_colour")
-VOICE_ATTRS = ("pitch", "vocal_tract", "spectral_tilt", "formant2", "breathiness",
-               "speaking_rate")
+FACE_ATTRS = (
+    "face_width",
+    "face_height",
+    "skin_tone",
+    "eye_spacing",
+    "eye_height",
+    "mouth_width",
+    "mouth_curve",
+    "hair_colour",
+    "eye_colour",
+)
+VOICE_ATTRS = ("pitch", "vocal_tract", "spectral_tilt", "formant2", "breathiness", "speaking_rate")
 # (F1, F2, F3) in Hz for an average vocal tract: /a/ /i/ /u/ /e/ /o/
-VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240],
-                   [530, 1840, 2480], [570, 840, 2410]], dtype=np.float64)
+VOWELS = np.array(
+    [[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410]],
+    dtype=np.float64,
+)
 BANDWIDTHS = np.array([80.0, 100.0, 130.0])
 
 
 # --------------------------------------------------------------------------- voice
 def voice_params(a: Mapping[str, float]) -> dict[str, float]:
     """Physical voice parameters from attributes in [-1, 1]."""
-    return {"f0": 150.0 * 2.0 ** (0.8 * a["pitch"]),  # ~86-262 Hz
-            "vtl": 1.0 + 0.15 * a["vocal_tract"],  # formant frequencies divided by this
-            "tilt": 0.75 + 0.2 * (a["spectral_tilt"] + 1) / 2,  # one-pole coefficient
-            "f2": 1.0 + 0.1 * a["formant2"],
-            "breath": 0.1 + 0.3 * (a["breathiness"] + 1) / 2,  # noise/pulse amplitude
-            "rate": 4.0 * 2.0 ** (0.45 * a["speaking_rate"])}  # syllables / s
+    return {
+        "f0": 150.0 * 2.0 ** (0.8 * a["pitch"]),  # ~86-262 Hz
+        "vtl": 1.0 + 0.15 * a["vocal_tract"],  # formant frequencies divided by this
+        "tilt": 0.75 + 0.2 * (a["spectral_tilt"] + 1) / 2,  # one-pole coefficient
+        "f2": 1.0 + 0.1 * a["formant2"],
+        "breath": 0.1 + 0.3 * (a["breathiness"] + 1) / 2,  # noise/pulse amplitude
+        "rate": 4.0 * 2.0 ** (0.45 * a["speaking_rate"]),
+    }  # syllables / s
 
 
 def draw_recording(rng: np.random.Generator) -> dict[str, float]:
     """Per-recording (video) audio nuisances: background-noise SNR and channel colouring."""
-    return {"noise_snr_db": float(rng.uniform(25.0, 40.0)),
-            "channel": float(rng.uniform(-0.3, 0.3))}
+    return {
+        "noise_snr_db": float(rng.uniform(25.0, 40.0)),
+        "channel": float(rng.uniform(-0.3, 0.3)),
+    }
 
 
 def _resonator(freq: np.ndarray, bw: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,16 +74,24 @@ def _resonator(freq: np.ndarray, bw: np.ndarray, sr: int) -> tuple[np.ndarray, n
     return a, b
 
 
-def synth_utterance(p: Mapping[str, float], duration: float, sr: int,
-                    rng: np.random.Generator, recording: Mapping[str, float],
-                    gain_db: float) -> np.ndarray:
+def synth_utterance(
+    p: Mapping[str, float],
+    duration: float,
+    sr: int,
+    rng: np.random.Generator,
+    recording: Mapping[str, float],
+    gain_db: float,
+) -> np.ndarray:
     """One utterance (float32 in [-1, 1]) from :func:`voice_params` output ``p`` and the
     recording's nuisances (:func:`draw_recording`)."""
     n = int(duration * sr)
     t = np.arange(n) / sr
     # source: pulse train with per-utterance pitch jitter and slow intonation
-    f0 = p["f0"] * (1 + rng.normal(0, 0.03)) * (
-        1 + 0.08 * np.sin(2 * math.pi * rng.uniform(0.3, 0.8) * t + rng.uniform(0, 2 * math.pi)))
+    f0 = (
+        p["f0"]
+        * (1 + rng.normal(0, 0.03))
+        * (1 + 0.08 * np.sin(2 * math.pi * rng.uniform(0.3, 0.8) * t + rng.uniform(0, 2 * math.pi)))
+    )
     phase = np.cumsum(f0 / sr)
     src = np.diff(np.floor(phase), prepend=0.0)
     # aspiration noise at a harmonics-to-noise ratio of ~10-20 dB (pulse power = f0 / sr)
@@ -81,8 +103,7 @@ def synth_utterance(p: Mapping[str, float], duration: float, sr: int,
     # filter: one resonator cascade per vowel
     formants = VOWELS / p["vtl"]
     formants[:, 1] *= p["f2"]
-    coeffs = [_resonator(formants[:, k], np.full(len(VOWELS), BANDWIDTHS[k]), sr)
-              for k in range(3)]
+    coeffs = [_resonator(formants[:, k], np.full(len(VOWELS), BANDWIDTHS[k]), sr) for k in range(3)]
     voiced = np.empty((len(VOWELS), n))
     for v in range(len(VOWELS)):
         y = x
@@ -119,22 +140,25 @@ def synth_utterance(p: Mapping[str, float], duration: float, sr: int,
 def draw_face_nuisance(rng: np.random.Generator) -> dict[str, Any]:
     """Nuisances of one face frame: pose (shift, scale, in-plane rotation in degrees),
     light (direction, strength of the gradient, level) and background colour."""
-    return {"background": tuple(int(c) for c in rng.integers(0, 256, 3)),
-            "shift_x": float(rng.uniform(-0.05, 0.05)),
-            "shift_y": float(rng.uniform(-0.04, 0.04)),
-            "scale": float(rng.uniform(0.95, 1.05)),
-            "rotation": float(rng.uniform(-8.0, 8.0)),
-            "light_angle": float(rng.uniform(0, 2 * math.pi)),
-            "light_strength": float(rng.uniform(0.0, 0.35)),
-            "light_level": float(rng.uniform(0.85, 1.15))}
+    return {
+        "background": tuple(int(c) for c in rng.integers(0, 256, 3)),
+        "shift_x": float(rng.uniform(-0.05, 0.05)),
+        "shift_y": float(rng.uniform(-0.04, 0.04)),
+        "scale": float(rng.uniform(0.95, 1.05)),
+        "rotation": float(rng.uniform(-8.0, 8.0)),
+        "light_angle": float(rng.uniform(0, 2 * math.pi)),
+        "light_strength": float(rng.uniform(0.0, 0.35)),
+        "light_level": float(rng.uniform(0.85, 1.15)),
+    }
 
 
 def _mix(c0: tuple[float, ...], c1: tuple[float, ...], w: float) -> tuple[int, ...]:
     return tuple(int(round(a + (b - a) * w)) for a, b in zip(c0, c1, strict=True))
 
 
-def render_face(a: Mapping[str, float], size: int, nuisance: Mapping[str, Any],
-                rng: np.random.Generator) -> np.ndarray:
+def render_face(
+    a: Mapping[str, float], size: int, nuisance: Mapping[str, Any], rng: np.random.Generator
+) -> np.ndarray:
     """One face frame, uint8 [size, size, 3]: identity attributes ``a``, the frame's
     ``nuisance`` (:func:`draw_face_nuisance`); ``rng`` draws the sensor noise."""
     s = size * 4
@@ -146,8 +170,11 @@ def render_face(a: Mapping[str, float], size: int, nuisance: Mapping[str, Any],
     fw = s * (0.30 + 0.07 * a["face_width"]) * scale
     fh = s * (0.38 + 0.06 * a["face_height"]) * scale
     w = (a["hair_colour"] + 1) / 2
-    hair = _mix((40, 25, 15), (225, 190, 110), w) if w < 0.75 else _mix(
-        (225, 190, 110), (170, 60, 30), (w - 0.75) * 4)
+    hair = (
+        _mix((40, 25, 15), (225, 190, 110), w)
+        if w < 0.75
+        else _mix((225, 190, 110), (170, 60, 30), (w - 0.75) * 4)
+    )
     d.ellipse((cx - fw * 1.1, cy - fh * 1.12, cx + fw * 1.1, cy + fh * 0.3), fill=hair)
     skin = _mix((250, 220, 190), (105, 70, 45), (a["skin_tone"] + 1) / 2)
     d.ellipse((cx - fw, cy - fh, cx + fw, cy + fh), fill=skin)
@@ -167,8 +194,12 @@ def render_face(a: Mapping[str, float], size: int, nuisance: Mapping[str, Any],
     xs = np.linspace(-1, 1, 12)
     pts = [(cx + mw * u, my + curve * (u * u - 0.5)) for u in xs]
     d.line(pts, fill=(150, 40, 50), width=max(2, int(s * 0.03)))
-    img = img.rotate(nuisance["rotation"], resample=Image.BILINEAR, center=(cx, cy),
-                     fillcolor=nuisance["background"])
+    img = img.rotate(
+        nuisance["rotation"],
+        resample=Image.BILINEAR,
+        center=(cx, cy),
+        fillcolor=nuisance["background"],
+    )
     small = img.resize((size, size), Image.LANCZOS)
     arr = np.asarray(small, dtype=np.float64) / 255.0
     # lighting: a linear gradient in the light direction times a level; then sensor noise

@@ -100,8 +100,9 @@ class SynthFaceVoiceConfig:
     seed: int = 0  # data seed: identities and nuisances
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any] | SynthFaceVoiceConfig | None,
-                  **defaults: Any) -> SynthFaceVoiceConfig:
+    def from_dict(
+        cls, cfg: Mapping[str, Any] | SynthFaceVoiceConfig | None, **defaults: Any
+    ) -> SynthFaceVoiceConfig:
         if isinstance(cfg, SynthFaceVoiceConfig):
             return cfg
         cfg = dict(cfg or {})
@@ -123,33 +124,50 @@ class SynthFaceVoiceConfig:
     def validate(self) -> None:
         """One clear error naming the key for any invalid value."""
         if not (isinstance(self.gamma, int | float) and 0.0 <= self.gamma <= 1.0):
-            raise ValueError(f"generator.gamma={self.gamma!r}: must be a number in [0, 1] "
-                             "(the shared fraction of the voice factors)")
+            raise ValueError(
+                f"generator.gamma={self.gamma!r}: must be a number in [0, 1] "
+                "(the shared fraction of the voice factors)"
+            )
         if not 1 <= self.n_voice_factors <= len(VOICE_ATTRS):
-            raise ValueError(f"generator.n_voice_factors={self.n_voice_factors}: must be in "
-                             f"[1, {len(VOICE_ATTRS)}] (one per voice attribute at most)")
+            raise ValueError(
+                f"generator.n_voice_factors={self.n_voice_factors}: must be in "
+                f"[1, {len(VOICE_ATTRS)}] (one per voice attribute at most)"
+            )
         if self.n_face_only < 0 or self.n_face_factors > len(FACE_ATTRS):
-            raise ValueError(f"generator.n_face_only={self.n_face_only}: need 0 <= n_face_only "
-                             f"and n_voice_factors + n_face_only <= {len(FACE_ATTRS)} "
-                             "(the face attributes)")
+            raise ValueError(
+                f"generator.n_face_only={self.n_face_only}: need 0 <= n_face_only "
+                f"and n_voice_factors + n_face_only <= {len(FACE_ATTRS)} "
+                "(the face attributes)"
+            )
         for key in ("n_val_identities", "n_test_identities", "n_trials", "n_val_trials"):
             if getattr(self, key) < 2:
-                raise ValueError(f"generator.{key}={getattr(self, key)}: must be >= 2 "
-                                 "(verification trials)")
+                raise ValueError(
+                    f"generator.{key}={getattr(self, key)}: must be >= 2 (verification trials)"
+                )
         if self.n_val_identities + self.n_test_identities >= self.n_identities:
-            raise ValueError(f"generator.n_identities={self.n_identities} leaves no training "
-                             f"identities after n_val_identities={self.n_val_identities} and "
-                             f"n_test_identities={self.n_test_identities}")
-        for key in ("videos_per_identity", "utterances_per_video", "frames_per_video",
-                    "teacher_frames_per_identity"):
+            raise ValueError(
+                f"generator.n_identities={self.n_identities} leaves no training "
+                f"identities after n_val_identities={self.n_val_identities} and "
+                f"n_test_identities={self.n_test_identities}"
+            )
+        for key in (
+            "videos_per_identity",
+            "utterances_per_video",
+            "frames_per_video",
+            "teacher_frames_per_identity",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"generator.{key}={getattr(self, key)}: must be >= 1")
         if self.n_teacher_identities < 0:
-            raise ValueError(f"generator.n_teacher_identities={self.n_teacher_identities}: "
-                             "must be >= 0 (0 = no teacher pool)")
+            raise ValueError(
+                f"generator.n_teacher_identities={self.n_teacher_identities}: "
+                "must be >= 0 (0 = no teacher pool)"
+            )
         if not 0 < self.utt_seconds_min <= self.utt_seconds_max:
-            raise ValueError(f"generator.utt_seconds_min={self.utt_seconds_min} / "
-                             f"utt_seconds_max={self.utt_seconds_max}: need 0 < min <= max")
+            raise ValueError(
+                f"generator.utt_seconds_min={self.utt_seconds_min} / "
+                f"utt_seconds_max={self.utt_seconds_max}: need 0 < min <= max"
+            )
         if self.image_size < 8:
             raise ValueError(f"generator.image_size={self.image_size} is too small (>= 8)")
 
@@ -162,16 +180,20 @@ def dataset_dir(data_dir: str | Path, cfg: SynthFaceVoiceConfig) -> Path:
     return Path(data_dir) / "synth_face_voice" / cfg.key()
 
 
-def generate_synth_face_voice(data_dir: str | Path,
-                              cfg: SynthFaceVoiceConfig | Mapping[str, Any] | None = None,
-                              ) -> Path:
+def generate_synth_face_voice(
+    data_dir: str | Path,
+    cfg: SynthFaceVoiceConfig | Mapping[str, Any] | None = None,
+) -> Path:
     """Generate (or reuse) the dataset for ``cfg`` under ``data_dir``; returns its root."""
     cfg = SynthFaceVoiceConfig.from_dict(cfg)
     cfg.validate()
-    info = {"generator": "synth_face_voice", "version": GENERATOR_VERSION,
-            "params": asdict(cfg)}
-    return write_once(dataset_dir(data_dir, cfg), info, lambda tmp: _write_dataset(tmp, cfg),
-                      "synthetic face-voice data")
+    info = {"generator": "synth_face_voice", "version": GENERATOR_VERSION, "params": asdict(cfg)}
+    return write_once(
+        dataset_dir(data_dir, cfg),
+        info,
+        lambda tmp: _write_dataset(tmp, cfg),
+        "synthetic face-voice data",
+    )
 
 
 # --------------------------------------------------------------------------- structure
@@ -195,8 +217,10 @@ def _orthogonal_mixing(rng: np.random.Generator, n_attrs: int, n_factors: int) -
 def mixing_structure(cfg: SynthFaceVoiceConfig) -> MixingStructure:
     """The mixing matrices, from ``structure_seed`` alone (not the data seed, not gamma)."""
     rng = np.random.default_rng([cfg.structure_seed, 7])
-    return MixingStructure(_orthogonal_mixing(rng, len(FACE_ATTRS), cfg.n_face_factors),
-                           _orthogonal_mixing(rng, len(VOICE_ATTRS), cfg.n_voice_factors))
+    return MixingStructure(
+        _orthogonal_mixing(rng, len(FACE_ATTRS), cfg.n_face_factors),
+        _orthogonal_mixing(rng, len(VOICE_ATTRS), cfg.n_voice_factors),
+    )
 
 
 # --------------------------------------------------------------------------- identities
@@ -221,10 +245,17 @@ def sample_identities(cfg: SynthFaceVoiceConfig) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         attrs_v = dict(zip(VOICE_ATTRS, voice[i].tolist(), strict=True))
-        out.append({"identity": identity_name(i), "face_factors": face_factors[i].tolist(),
-                    "voice_factors": voice_factors[i].tolist(), "n_shared_factors": k,
-                    "face": dict(zip(FACE_ATTRS, face[i].tolist(), strict=True)),
-                    "voice": attrs_v, "f0_hz": float(voice_params(attrs_v)["f0"])})
+        out.append(
+            {
+                "identity": identity_name(i),
+                "face_factors": face_factors[i].tolist(),
+                "voice_factors": voice_factors[i].tolist(),
+                "n_shared_factors": k,
+                "face": dict(zip(FACE_ATTRS, face[i].tolist(), strict=True)),
+                "voice": attrs_v,
+                "f0_hz": float(voice_params(attrs_v)["f0"]),
+            }
+        )
     return out
 
 
@@ -234,10 +265,14 @@ def sample_teacher_pool(cfg: SynthFaceVoiceConfig) -> list[dict[str, Any]]:
     rng = np.random.default_rng([cfg.seed, 5])
     face_factors = rng.standard_normal((cfg.n_teacher_identities, cfg.n_face_factors))
     face = face_attributes(face_factors, mixing_structure(cfg))
-    return [{"identity": identity_name(cfg.n_identities + j),
-             "face_factors": face_factors[j].tolist(),
-             "face": dict(zip(FACE_ATTRS, face[j].tolist(), strict=True))}
-            for j in range(cfg.n_teacher_identities)]
+    return [
+        {
+            "identity": identity_name(cfg.n_identities + j),
+            "face_factors": face_factors[j].tolist(),
+            "face": dict(zip(FACE_ATTRS, face[j].tolist(), strict=True)),
+        }
+        for j in range(cfg.n_teacher_identities)
+    ]
 
 
 def linear_r2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -257,28 +292,34 @@ def shared_information(idents: list[dict[str, Any]], cfg: SynthFaceVoiceConfig) 
     voice_a = np.array([[d["voice"][a] for a in VOICE_ATTRS] for d in idents])
     r2_factors = linear_r2(face_f, voice_f)
     r2_attrs = linear_r2(face_a, voice_a)
-    return {"gamma": cfg.gamma, "n_voice_factors": cfg.n_voice_factors,
-            "n_shared_factors": cfg.n_shared,
-            "n_voice_only_factors": cfg.n_voice_factors - cfg.n_shared,
-            "n_face_factors": cfg.n_face_factors,
-            "n_face_only_factors": cfg.n_face_factors - cfg.n_shared,
-            "n_identities": len(idents),
-            "r2_voice_factors_from_face_factors": float(r2_factors.mean()),
-            "r2_per_voice_factor": [round(float(v), 4) for v in r2_factors],
-            "r2_voice_attributes_from_face_attributes": float(r2_attrs.mean()),
-            "r2_per_voice_attribute": {a: round(float(v), 4)
-                                       for a, v in zip(VOICE_ATTRS, r2_attrs, strict=True)}}
+    return {
+        "gamma": cfg.gamma,
+        "n_voice_factors": cfg.n_voice_factors,
+        "n_shared_factors": cfg.n_shared,
+        "n_voice_only_factors": cfg.n_voice_factors - cfg.n_shared,
+        "n_face_factors": cfg.n_face_factors,
+        "n_face_only_factors": cfg.n_face_factors - cfg.n_shared,
+        "n_identities": len(idents),
+        "r2_voice_factors_from_face_factors": float(r2_factors.mean()),
+        "r2_per_voice_factor": [round(float(v), 4) for v in r2_factors],
+        "r2_voice_attributes_from_face_attributes": float(r2_attrs.mean()),
+        "r2_per_voice_attribute": {
+            a: round(float(v), 4) for a, v in zip(VOICE_ATTRS, r2_attrs, strict=True)
+        },
+    }
 
 
 # --------------------------------------------------------------------------- writer
-def _save_face(path: Path, attrs: Mapping[str, float], cfg: SynthFaceVoiceConfig,
-               rng: np.random.Generator) -> None:
+def _save_face(
+    path: Path, attrs: Mapping[str, float], cfg: SynthFaceVoiceConfig, rng: np.random.Generator
+) -> None:
     arr = render_face(attrs, cfg.image_size, draw_face_nuisance(rng), rng)
     Image.fromarray(arr).save(path)
 
 
-def _write_paired(root: Path, idents: list[dict[str, Any]],
-                  cfg: SynthFaceVoiceConfig) -> dict[str, list[str]]:
+def _write_paired(
+    root: Path, idents: list[dict[str, Any]], cfg: SynthFaceVoiceConfig
+) -> dict[str, list[str]]:
     """Faces and utterances of the paired identities; utterance paths by identity."""
     utts_by_id: dict[str, list[str]] = {}
     for i, ident in enumerate(idents):
@@ -296,16 +337,16 @@ def _write_paired(root: Path, idents: list[dict[str, Any]],
                 _save_face(face_dir / f"{k + 1:04d}.png", ident["face"], cfg, rng)
             for u in range(cfg.utterances_per_video):
                 dur = float(rng.uniform(cfg.utt_seconds_min, cfg.utt_seconds_max))
-                wave = synth_utterance(vp, dur, cfg.sample_rate, rng, recording,
-                                       gain_db=float(rng.uniform(-6.0, 0.0)))
+                wave = synth_utterance(
+                    vp, dur, cfg.sample_rate, rng, recording, gain_db=float(rng.uniform(-6.0, 0.0))
+                )
                 rel = f"{name}/{video}/{u + 1:05d}.wav"
                 sf.write(root / "wav" / rel, wave, cfg.sample_rate, subtype="PCM_16")
                 utts_by_id.setdefault(name, []).append(rel)
     return utts_by_id
 
 
-def _write_teacher_pool(root: Path, pool: list[dict[str, Any]],
-                        cfg: SynthFaceVoiceConfig) -> None:
+def _write_teacher_pool(root: Path, pool: list[dict[str, Any]], cfg: SynthFaceVoiceConfig) -> None:
     for j, ident in enumerate(pool):
         rng = np.random.default_rng([cfg.seed, 6, j])
         face_dir = root / TEACHER_FACES / ident["identity"]
@@ -323,9 +364,11 @@ def _write_dataset(root: Path, cfg: SynthFaceVoiceConfig) -> dict[str, Any]:
     names = [d["identity"] for d in idents]
     perm = np.random.default_rng([cfg.seed, 3]).permutation(len(names))
     nt, nv = cfg.n_test_identities, cfg.n_val_identities
-    splits = {"test": sorted(names[j] for j in perm[:nt]),
-              "val": sorted(names[j] for j in perm[nt : nt + nv]),
-              "train": sorted(names[j] for j in perm[nt + nv :])}
+    splits = {
+        "test": sorted(names[j] for j in perm[:nt]),
+        "val": sorted(names[j] for j in perm[nt : nt + nv]),
+        "train": sorted(names[j] for j in perm[nt + nv :]),
+    }
     (root / "splits").mkdir()
     split_of = {x: split for split, ids in splits.items() for x in ids}
     for split, ids in splits.items():
@@ -334,22 +377,29 @@ def _write_dataset(root: Path, cfg: SynthFaceVoiceConfig) -> dict[str, Any]:
         d["split"] = split_of[d["identity"]]
     n_targets = {}
     for j, (split, n_trials) in enumerate((("val", cfg.n_val_trials), ("test", cfg.n_trials))):
-        trials = make_trials({x: utts_by_id[x] for x in splits[split]}, n_trials,
-                             seed=cfg.seed * 1000 + 4 + j)
+        trials = make_trials(
+            {x: utts_by_id[x] for x in splits[split]}, n_trials, seed=cfg.seed * 1000 + 4 + j
+        )
         write_trials(root / f"trials_{split}.txt", trials)
         n_targets[split] = sum(t.label for t in trials)
     (root / IDENTITIES).write_text(json.dumps(idents, indent=1))
     pool = sample_teacher_pool(cfg)
     _write_teacher_pool(root, pool, cfg)
     structure = mixing_structure(cfg)
-    return {"n_utterances": sum(len(v) for v in utts_by_id.values()),
-            "n_face_frames": len(idents) * cfg.videos_per_identity * cfg.frames_per_video,
-            "splits": {k: len(v) for k, v in splits.items()},
-            "target_trials": n_targets,
-            "teacher_pool": {"n_identities": len(pool),
-                             "n_face_frames": len(pool) * cfg.teacher_frames_per_identity},
-            "shared_information": shared_information(idents, cfg),
-            "structure": {"face_attributes": list(FACE_ATTRS),
-                          "voice_attributes": list(VOICE_ATTRS),
-                          "face_mixing": np.round(structure.face_mixing, 6).tolist(),
-                          "voice_mixing": np.round(structure.voice_mixing, 6).tolist()}}
+    return {
+        "n_utterances": sum(len(v) for v in utts_by_id.values()),
+        "n_face_frames": len(idents) * cfg.videos_per_identity * cfg.frames_per_video,
+        "splits": {k: len(v) for k, v in splits.items()},
+        "target_trials": n_targets,
+        "teacher_pool": {
+            "n_identities": len(pool),
+            "n_face_frames": len(pool) * cfg.teacher_frames_per_identity,
+        },
+        "shared_information": shared_information(idents, cfg),
+        "structure": {
+            "face_attributes": list(FACE_ATTRS),
+            "voice_attributes": list(VOICE_ATTRS),
+            "face_mixing": np.round(structure.face_mixing, 6).tolist(),
+            "voice_mixing": np.round(structure.voice_mixing, 6).tolist(),
+        },
+    }
