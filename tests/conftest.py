@@ -44,10 +44,11 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 # tiny built-in face -> voice data and models: a training run takes seconds
 TINY_FACE_VOICE_DATA = {
-    "n_identities": 8, "n_shared": 2, "n_face_only": 1, "n_voice_only": 1,
+    "n_identities": 8, "n_voice_factors": 3, "gamma": 0.5, "n_face_only": 1,
     "videos_per_identity": 2, "utterances_per_video": 2, "frames_per_video": 2,
     "utt_seconds_min": 0.6, "utt_seconds_max": 0.8, "image_size": 16,
-    "n_val_identities": 2, "n_test_identities": 2, "n_trials": 12, "seed": 3,
+    "n_val_identities": 2, "n_test_identities": 2, "n_trials": 12, "n_val_trials": 12,
+    "n_teacher_identities": 6, "teacher_frames_per_identity": 2, "seed": 3,
 }  # fmt: skip
 TINY_FACE_VOICE = [
     *(f"data.generator.{k}={v}" for k, v in TINY_FACE_VOICE_DATA.items()),

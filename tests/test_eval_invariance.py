@@ -40,9 +40,9 @@ TINY_ECAPA = dict(
 # DistributedSampler duplicate; 80 trials per split
 DATA = {
     "n_identities": 10,
-    "n_shared": 2,
+    "n_voice_factors": 3,
+    "gamma": 0.5,
     "n_face_only": 1,
-    "n_voice_only": 1,
     "videos_per_identity": 3,
     "utterances_per_video": 3,
     "frames_per_video": 2,
@@ -52,6 +52,9 @@ DATA = {
     "n_val_identities": 3,
     "n_test_identities": 3,
     "n_trials": 80,
+    "n_val_trials": 80,
+    "n_teacher_identities": 6,
+    "teacher_frames_per_identity": 2,
     "seed": 5,
 }
 OVERRIDES = [

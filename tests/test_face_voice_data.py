@@ -30,10 +30,11 @@ from crossdistill.data.readers.voxceleb.splits import split_identities
 from crossdistill.data.readers.voxceleb.trials import TrialListError, make_trials, read_trials
 
 SR = 16000
-TINY = {"n_identities": 8, "n_shared": 2, "n_face_only": 1, "n_voice_only": 1,
+TINY = {"n_identities": 8, "n_voice_factors": 3, "gamma": 0.5, "n_face_only": 1,
         "videos_per_identity": 2, "utterances_per_video": 2, "frames_per_video": 2,
         "utt_seconds_min": 1.0, "utt_seconds_max": 1.5, "image_size": 32,
-        "n_val_identities": 2, "n_test_identities": 2, "n_trials": 12, "seed": 3}
+        "n_val_identities": 2, "n_test_identities": 2, "n_trials": 12, "n_val_trials": 12,
+        "n_teacher_identities": 6, "teacher_frames_per_identity": 2, "seed": 3}
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_generator_cache(data_dir, synth_root, monkeypatch):
     monkeypatch.setattr(synth, "_write_dataset", boom)
     assert synth.generate_synth_face_voice(data_dir, TINY) == synth_root
     with pytest.raises(AssertionError, match="regenerated"):  # other params -> new dir
-        synth.generate_synth_face_voice(data_dir, {**TINY, "n_shared": 1})
+        synth.generate_synth_face_voice(data_dir, {**TINY, "gamma": 1.0})
 
 
 def test_generator_rejects_unknown_key(data_dir):

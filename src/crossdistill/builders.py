@@ -26,8 +26,10 @@ from crossdistill.cache import TeacherFeatureCache
 from crossdistill.data.datamodules.base import PairedDataModule, Side
 from crossdistill.losses import LossComposer
 from crossdistill.models.channel_mask import ChannelMask, refit_classifier
+from crossdistill.models.heads import CosineClassifier
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
 from crossdistill.modules.distill import STUDENT_MODULE_FIELDS, TEACHER_FIELDS
+from crossdistill.modules.enrol import enrolled_classifier
 from crossdistill.utils.loggers import STUDENT, is_wandb, stage_overrides
 
 log = logging.getLogger(__name__)
@@ -107,19 +109,59 @@ def build_evaluator(
     )
 
 
+def teacher_stage_data(datamodule: PairedDataModule) -> PairedDataModule:
+    """The data the teacher trains on: ``datamodule.teacher_stage_datamodule()`` when the
+    datamodule has that hook (e.g. a face-only identity pool), else ``datamodule``."""
+    hook = getattr(datamodule, "teacher_stage_datamodule", None)
+    return hook() if callable(hook) else datamodule
+
+
 def build_teacher_module(cfg: DictConfig, datamodule: PairedDataModule) -> TeacherModule:
-    encoder, classifier = build_encoder_and_classifier(cfg.teacher, datamodule, "teacher")
+    """The teacher, its classifier sized by the classes of :func:`teacher_stage_data`."""
+    data = teacher_stage_data(datamodule)
+    encoder, classifier = build_encoder_and_classifier(cfg.teacher, data, "teacher")
     return TeacherModule(
         encoder,
         classifier,
-        datamodule.num_classes,
+        data.num_classes,
         optimizer=hydra.utils.instantiate(cfg.teacher.optimizer),
         scheduler=hydra.utils.instantiate(cfg.teacher.get("scheduler")),
         top_k=cfg.get("top_k", 1),
         evaluator=build_evaluator(
-            cfg.teacher.get("evaluator"), datamodule, "teacher_input", cfg.get("top_k", 1)
+            cfg.teacher.get("evaluator"), data, "teacher_input", cfg.get("top_k", 1)
         ),
     )
+
+
+def teacher_over_student_classes(
+    teacher: TeacherModule, datamodule: PairedDataModule, loss: LossComposer, enrol: bool = True
+) -> TeacherModule:
+    """A teacher trained on other classes than the student's (``teacher_stage_data``) whose
+    logits a term reads gets an enrolled classifier over the student's training classes
+    (``modules.enrol``: class-mean prototypes of the training set's teacher inputs);
+    ``enrol=False``: a cosine head of that shape only, for weights loaded from a checkpoint."""
+    if teacher.num_classes == datamodule.num_classes or not (
+        loss.required_fields & {"teacher_logits"}
+    ):
+        return teacher
+    scale = float(getattr(teacher.classifier, "scale", 30.0))
+    if enrol:
+        log.info(
+            "teacher trained on %d classes: enrolling the %d student training classes",
+            teacher.num_classes,
+            datamodule.num_classes,
+        )
+        head = enrolled_classifier(
+            teacher.encoder,
+            datamodule.loader("train", ordered=True),
+            datamodule.num_classes,
+            scale=scale,
+        )
+    else:
+        head = CosineClassifier(teacher.encoder.embedding_dim, datamodule.num_classes, scale)
+    teacher.classifier = head
+    teacher.num_classes = datamodule.num_classes
+    return teacher
 
 
 def _example_batch(datamodule: PairedDataModule, size: int = 2) -> dict[str, Any]:

@@ -148,7 +148,8 @@ def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherM
         log.info("teacher loaded from %s", cfg.teacher.ckpt_path)
         return teacher, {}
     resume_from = latest_good_checkpoint(stage_dir / "checkpoints") if resuming else None
-    key = teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, datamodule))
+    teacher_data = builders.teacher_stage_data(datamodule)  # e.g. a face-only identity pool
+    key = teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, teacher_data))
     cached = Path(cfg.paths.teacher_cache_dir) / key / "teacher.ckpt"
     reusable = cfg.teacher.get("reuse", True) and not cfg.trainer.get("fast_dev_run")
     if resume_from is None and reusable and cached.exists():
@@ -165,7 +166,7 @@ def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherM
     metrics, ckpt = fit_and_test(
         cfg,
         teacher,
-        datamodule,
+        teacher_data,
         stage_dir,
         stage=TEACHER,
         resume_from=resume_from,
@@ -228,6 +229,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if builders.loss_needs_teacher(loss):
         with isolate_rng():  # trained or reused, the teacher leaves the streams as they were
             teacher, teacher_metrics = obtain_teacher(cfg, datamodule, run_dir)
+            teacher = builders.teacher_over_student_classes(teacher, datamodule, loss)
     # the student's streams start here, whatever ran before (data generation, teacher)
     pl.seed_everything(cfg.seed, workers=True)
     module = builders.build_student_module(cfg, datamodule, loss, teacher)

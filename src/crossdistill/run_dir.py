@@ -74,6 +74,8 @@ def load_run(run_dir: str | Path, ckpt: str = "auto", stage: str = "student") ->
     if stage == "teacher":
         module = teacher
     else:
+        if teacher is not None:  # the enrolled head of a pool-trained teacher: from the ckpt
+            teacher = builders.teacher_over_student_classes(teacher, datamodule, loss, enrol=False)
         module = builders.build_student_module(cfg, datamodule, loss, teacher)
     path = find_checkpoint(run_dir, ckpt, stage)
     teacher_store.load_weights(module, path)

@@ -26,10 +26,17 @@ Verification (:class:`~crossdistill.data.datamodules.verification.VerificationDa
 ``trials(split)`` lists ``Trial(label, enroll, test)`` with paths relative to the wav root;
 embed every utterance of the split (``val/test_dataloader``) and score the trials at
 ``trial_index(split)``; ``noisy_eval_input`` gives the noise-robustness inputs.
+
+Built-in data only: ``teacher_pool=True`` makes :meth:`teacher_stage_datamodule` train the
+teacher on the generator's face-only identity pool
+(:class:`~crossdistill.data.datamodules.face_pool.TeacherPoolDataModule`);
+``teacher_input="oracle_factors"`` replaces every ``teacher_input`` by the identity's true
+face factors + N(0, ``oracle_noise_std``^2) noise (a vector, for ``teacher=oracle``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -41,9 +48,18 @@ from torch import Tensor
 
 from crossdistill.data.audio_features import FbankParams, RaggedFeatures
 from crossdistill.data.datamodules.base import SPLITS, PairedDataModule, Side, Split, check_side
+from crossdistill.data.datamodules.face_pool import (
+    FacePoolDataset,
+    OracleFactorDataset,
+    TeacherPoolDataModule,
+)
 from crossdistill.data.datamodules.verification import VerificationData
 from crossdistill.data.degrade import DegradationConfig, Degrader, noisy_utterances, to_plain
 from crossdistill.data.generators.synth_face_voice import (
+    IDENTITIES,
+    TEACHER_FACES,
+    TEACHER_IDENTITIES,
+    TEACHER_POOL_LIST,
     SynthFaceVoiceConfig,
     generate_synth_face_voice,
 )
@@ -63,6 +79,7 @@ from crossdistill.data.readers.voxceleb.trials import Trial, make_trials, read_t
 log = logging.getLogger(__name__)
 
 AUDIO_INPUTS = ("waveform", "features")
+TEACHER_INPUTS = ("image", "oracle_factors")
 
 
 class FaceVoiceDataModule(PairedDataModule, VerificationData):
@@ -96,6 +113,9 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
             (``n_mels``, ``n_fft``, ``win_length``, ``hop_length``: the student's) plus
             ``cache_dir`` (default ``<data_dir>/face_voice_features``) and ``cache_check``
             (``content``: hash the wav bytes, default; ``stat``: size + mtime).
+        teacher_pool: (built-in data) the teacher stage trains on the face-only pool.
+        teacher_input: ``image`` or (built-in data) ``oracle_factors``: true face factors
+            + Gaussian noise of std ``oracle_noise_std``.
     """
 
     def __init__(self, root: str | None = None, face_root: str | None = None,
@@ -113,8 +133,24 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
                  mean: Sequence[float] = (0.5, 0.5, 0.5),
                  std: Sequence[float] = (0.5, 0.5, 0.5), seed: int = 0,
                  train_face_frame: str = "random", audio_input: str = "waveform",
-                 audio_features: Mapping[str, Any] | None = None):
+                 audio_features: Mapping[str, Any] | None = None, teacher_pool: bool = False,
+                 teacher_input: str = "image", oracle_noise_std: float = 0.2):
         super().__init__(batch_size, eval_batch_size, num_workers, pin_memory)
+        if teacher_input not in TEACHER_INPUTS:
+            raise ValueError(f"data.teacher_input={teacher_input!r}; valid: {list(TEACHER_INPUTS)}")
+        if root is not None and teacher_input == "oracle_factors":
+            raise ValueError("data.teacher_input=oracle_factors needs the built-in synthetic data "
+                             f"(data.root=null): real data (data.root={root!r}) have no true "
+                             "face factors")
+        if root is not None and teacher_pool:
+            raise ValueError("data.teacher_pool=true needs the built-in synthetic data "
+                             f"(data.root=null); with data.root={root!r} set it to false")
+        if not oracle_noise_std >= 0:
+            raise ValueError(f"data.oracle_noise_std={oracle_noise_std!r}: must be >= 0")
+        self.teacher_pool = bool(teacher_pool)
+        self.teacher_input = teacher_input
+        self.oracle_noise_std = float(oracle_noise_std)
+        self._teacher_stage: TeacherPoolDataModule | None = None
         if on_bad_file not in BAD_FILE_POLICIES:
             raise ValueError(f"on_bad_file={on_bad_file!r}; valid: {list(BAD_FILE_POLICIES)}")
         self.root = root
@@ -128,6 +164,10 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
                               if self.synthetic else None)
         if self.generator_cfg is not None:
             self.generator_cfg.validate()
+            if self.teacher_pool and self.generator_cfg.n_teacher_identities < 2:
+                raise ValueError("data.teacher_pool=true needs data.generator."
+                                 "n_teacher_identities >= 2 (it is "
+                                 f"{self.generator_cfg.n_teacher_identities})")
             if self.generator_cfg.sample_rate != sample_rate:
                 raise ValueError(f"generator.sample_rate={self.generator_cfg.sample_rate} "
                                  f"differs from sample_rate={sample_rate}")
@@ -227,6 +267,12 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
         if self.skipped_files:
             log.warning("%d file(s)/trial(s) skipped in total (see .skipped_files)",
                         len(self.skipped_files))
+        if self.teacher_input == "oracle_factors":
+            factors = _face_factors(root / IDENTITIES)
+            self._datasets = {
+                s: OracleFactorDataset(ds, [u.identity for u in ds.items], factors,
+                                       self.oracle_noise_std, self.seed, s)
+                for s, ds in self._datasets.items()}
         self._index = index
         log.info("face-voice data %s: %s speakers, %s utterances, %d/%d val/test trials", root,
                  {s: len(v) for s, v in self._splits.items()},
@@ -288,20 +334,45 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
 
     @property
     def teacher_input_fixed_per_index(self) -> bool:
-        """False with ``train_face_frame=random`` (a face frame drawn per step)."""
-        return self.train_face_frame != "random"
+        """False with ``train_face_frame=random`` (a face frame drawn per step) and image
+        input (oracle inputs are fixed per index)."""
+        return self.train_face_frame != "random" or self.teacher_input == "oracle_factors"
+
+    @property
+    def oracle_dim(self) -> int:
+        """Length of the oracle teacher input (the number of face factors)."""
+        return self.generator_cfg.n_face_factors
+
+    def teacher_stage_datamodule(self) -> PairedDataModule:
+        """What the teacher trains on: ``self``, or with ``teacher_pool`` the face-only pool
+        (train, labelled by pool identity) + this module's val / test speakers."""
+        if not self.teacher_pool:
+            return self
+        if self._teacher_stage is None:
+            root = self._data_root()
+            pool_ids = (root / TEACHER_POOL_LIST).read_text().split()
+            factors = (_face_factors(root / TEACHER_IDENTITIES)
+                       if self.teacher_input == "oracle_factors" else None)
+            pool = FacePoolDataset(root / TEACHER_FACES, pool_ids, self.image_size, self.mean,
+                                   self.std, factors, self.oracle_noise_std, self.seed)
+            self._teacher_stage = TeacherPoolDataModule(self, pool)
+        return self._teacher_stage
 
     def encoder_inputs(self, side: Side) -> dict[str, Any]:
         """Face teacher: channels, image size (and flattened size for vector encoders);
         speech student: the sample rate."""
         check_side(side)
+        if side == "teacher" and self.teacher_input == "oracle_factors":
+            return {"input_dim": self.oracle_dim}
         if side == "teacher":
             size = self.image_size
             return {"in_chans": 3, "image_size": size, "input_dim": 3 * size * size}
         return {"sample_rate": self.sample_rate, **self._student_input_wiring()}
 
     @property
-    def teacher_input_shape(self) -> tuple[int, int, int]:
+    def teacher_input_shape(self) -> tuple[int, ...]:
+        if self.teacher_input == "oracle_factors":
+            return (self.oracle_dim,)
         return (3, self.image_size, self.image_size)
 
     @property
@@ -426,6 +497,11 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
         data = [root] if self.synthetic else [self._index.wav_root, self._index.face_root]
         listed = [*(self.split_files or {}).values(), self.val_trials_file, self.test_trials_file]
         return data + [_resolve(f, root) for f in listed if f is not None]
+
+
+def _face_factors(path: Path) -> dict[str, list[float]]:
+    """Identity -> true face factors, from the generator's identity file."""
+    return {d["identity"]: d["face_factors"] for d in json.loads(path.read_text())}
 
 
 def _resolve(path: str | Path, root: Path) -> Path:

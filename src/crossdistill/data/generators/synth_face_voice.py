@@ -1,20 +1,28 @@
 """Paired synthetic face + voice data, written in the VoxCeleb layout.
 
-Each identity has a latent vector ``z = [z_shared, z_face_only, z_voice_only]`` (standard
-normal). Face attributes (face width/height, skin tone, eye spacing/height, mouth
-width/curvature, hair colour) are fixed random mixtures of the shared and face-only
-factors; voice attributes (pitch, vocal-tract length, spectral tilt, second-formant
-shift, breathiness) mix the shared and voice-only factors. Eye colour depends only on
-the face-only factors and speaking rate only on the voice-only ones. So the shared
-factors set e.g. both face shape and voice pitch, and ``n_shared`` controls how much
-identity information the two modalities have in common.
+**Identity = decisive factors.** Every identity has ``n_face_factors = n_voice_factors +
+n_face_only`` face factors ``f`` (standard normal). Its voice carries ``d =
+n_voice_factors`` factors: the first ``n_shared = round(gamma * d)`` are *copies* of face
+factors ``f[:n_shared]``, the rest are voice-only (standard normal). ``gamma = 0``: the
+face says nothing about the voice (negative control); ``gamma = 1``: the voice is a
+function of the face (positive control). The face model is the same for every gamma.
 
-Faces: ellipse faces drawn with PIL at 4x and downsampled, with per-video background and
-lighting and per-frame shift / scale / lighting jitter and noise. Voices: a source-filter
-model (glottal pulse train with jittered, intonated f0 -> spectral tilt -> lip radiation
--> three formant resonators per vowel scaled by vocal-tract length), syllable amplitude
-modulation at the speaking rate, pauses, per-utterance pitch jitter, loudness and
-background noise (30-40 dB SNR per video).
+Face attributes (:data:`FACE_ATTRS`: geometry and colours) are ``tanh(W_face f)``, voice
+attributes (:data:`VOICE_ATTRS`) ``tanh(W_voice v)``; ``W_face`` / ``W_voice`` are random
+matrices with orthogonal columns (every factor equally expressed) drawn from their own
+stream, ``structure_seed``. So ``seed`` (the data seed) redraws identities and nuisances
+only, never how the modalities are related. The manifest reports the shared information
+actually realised: R^2 of each voice factor (and attribute) predicted linearly (least
+squares with intercept) from the face factors (attributes) over the paired identities.
+
+Nuisances: pose, light and background are drawn per face frame; audio has a per-video
+channel and noise level (a recording session), see
+:mod:`~crossdistill.data.generators.face_voice_render`.
+
+**Teacher pool**: ``n_teacher_identities`` further identities from the same face model
+(own stream, names after the paired ones), faces only, ``teacher_frames_per_identity``
+frames each, for training the face teacher (as real face teachers are trained on large
+face datasets disjoint from the speakers).
 
 Output (see :mod:`crossdistill.data.readers.voxceleb`)::
 
@@ -22,8 +30,11 @@ Output (see :mod:`crossdistill.data.readers.voxceleb`)::
     <data_dir>/synth_face_voice/<key>/faces/idNNNNN/vidNN/NNNN.png
     .../splits/{train,val,test}.txt   identity lists
     .../trials_val.txt, trials_test.txt   balanced verification trials
-    .../identities.json   latent factors and attributes per identity
-    .../manifest.json     written last; its presence marks a complete dataset
+    .../identities.json   factors and attributes per paired identity
+    .../teacher_faces/idNNNNN/NNNN.png, splits/teacher_pool.txt,
+        teacher_identities.json   the face-only teacher pool
+    .../manifest.json     parameters, counts, mixing structure, shared information;
+                          written last, its presence marks a complete dataset
 
 ``<key>`` hashes the generator parameters: same parameters -> cached, different
 parameters -> another directory.
@@ -31,14 +42,10 @@ parameters -> another directory.
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -46,48 +53,56 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio.functional as AF
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from crossdistill.data.generators.face_voice_render import (
+    FACE_ATTRS,
+    VOICE_ATTRS,
+    draw_face_nuisance,
+    draw_recording,
+    render_face,
+    synth_utterance,
+    voice_params,
+)
+from crossdistill.data.generators.written_once import write_once
 from crossdistill.data.readers.voxceleb.trials import make_trials, write_trials
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "manifest.json"
-FACE_ATTRS = ("face_width", "face_height", "skin_tone", "eye_spacing", "eye_height",
-              "mouth_width", "mouth_curve", "hair_colour")
-FACE_ONLY_ATTRS = ("eye_colour",)
-VOICE_ATTRS = ("pitch", "vocal_tract", "spectral_tilt", "formant2", "breathiness")
-VOICE_ONLY_ATTRS = ("speaking_rate",)
-# (F1, F2, F3) in Hz for an average vocal tract: /a/ /i/ /u/ /e/ /o/
-VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240],
-                   [530, 1840, 2480], [570, 840, 2410]], dtype=np.float64)
-BANDWIDTHS = np.array([80.0, 100.0, 130.0])
+IDENTITIES = "identities.json"
+TEACHER_IDENTITIES = "teacher_identities.json"
+TEACHER_FACES = "teacher_faces"
+TEACHER_POOL_LIST = "splits/teacher_pool.txt"
 
 
 @dataclass(frozen=True)
 class SynthFaceVoiceConfig:
-    n_identities: int = 40
-    n_shared: int = 4  # latent factors expressed in both face and voice
-    n_face_only: int = 2
-    n_voice_only: int = 2
+    n_identities: int = 1000  # paired identities (train + val + test)
+    n_val_identities: int = 100
+    n_test_identities: int = 300
+    n_voice_factors: int = 6  # d: decisive factors of a voice
+    gamma: float = 0.5  # fraction of the d voice factors that are copies of face factors
+    n_face_only: int = 3  # face factors never shared (the face has d + n_face_only)
+    structure_seed: int = 0  # mixing matrices; the data seed never changes them
     videos_per_identity: int = 3
     utterances_per_video: int = 3
     frames_per_video: int = 3
-    utt_seconds_min: float = 2.0
-    utt_seconds_max: float = 3.0
+    utt_seconds_min: float = 1.5
+    utt_seconds_max: float = 2.0
     sample_rate: int = 16000
     image_size: int = 32
-    n_val_identities: int = 6
-    n_test_identities: int = 6
-    n_trials: int = 400  # per val/test trial list, half target
-    seed: int = 0
+    n_trials: int = 12000  # test trial list (half target; fewer if target pairs run out)
+    n_val_trials: int = 2000
+    n_teacher_identities: int = 2000  # face-only pool for the teacher (0 = none)
+    teacher_frames_per_identity: int = 8
+    seed: int = 0  # data seed: identities and nuisances
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any] | SynthFaceVoiceConfig | None,
-                  **defaults: Any) -> SynthFaceVoiceConfig:
+    def from_dict(
+        cls, cfg: Mapping[str, Any] | SynthFaceVoiceConfig | None, **defaults: Any
+    ) -> SynthFaceVoiceConfig:
         if isinstance(cfg, SynthFaceVoiceConfig):
             return cfg
         cfg = dict(cfg or {})
@@ -97,23 +112,64 @@ class SynthFaceVoiceConfig:
             raise KeyError(f"generator: unknown key(s) {unknown}; valid keys: {sorted(valid)}")
         return cls(**{**defaults, **cfg})
 
+    @property
+    def n_shared(self) -> int:
+        """Voice factors that copy face factors: ``gamma * n_voice_factors`` rounded half up."""
+        return int(math.floor(self.gamma * self.n_voice_factors + 0.5))
+
+    @property
+    def n_face_factors(self) -> int:
+        return self.n_voice_factors + self.n_face_only
+
     def validate(self) -> None:
-        if min(self.n_shared, self.n_face_only, self.n_voice_only) < 0:
-            raise ValueError("n_shared / n_face_only / n_voice_only must be >= 0")
-        if self.n_shared + self.n_face_only == 0 or self.n_shared + self.n_voice_only == 0:
-            raise ValueError("each modality needs at least one latent factor "
-                             "(n_shared + n_face_only > 0 and n_shared + n_voice_only > 0)")
+        """One clear error naming the key for any invalid value."""
+        if not (isinstance(self.gamma, int | float) and 0.0 <= self.gamma <= 1.0):
+            raise ValueError(
+                f"generator.gamma={self.gamma!r}: must be a number in [0, 1] "
+                "(the shared fraction of the voice factors)"
+            )
+        if not 1 <= self.n_voice_factors <= len(VOICE_ATTRS):
+            raise ValueError(
+                f"generator.n_voice_factors={self.n_voice_factors}: must be in "
+                f"[1, {len(VOICE_ATTRS)}] (one per voice attribute at most)"
+            )
+        if self.n_face_only < 0 or self.n_face_factors > len(FACE_ATTRS):
+            raise ValueError(
+                f"generator.n_face_only={self.n_face_only}: need 0 <= n_face_only "
+                f"and n_voice_factors + n_face_only <= {len(FACE_ATTRS)} "
+                "(the face attributes)"
+            )
+        for key in ("n_val_identities", "n_test_identities", "n_trials", "n_val_trials"):
+            if getattr(self, key) < 2:
+                raise ValueError(
+                    f"generator.{key}={getattr(self, key)}: must be >= 2 (verification trials)"
+                )
         if self.n_val_identities + self.n_test_identities >= self.n_identities:
-            raise ValueError(f"n_identities={self.n_identities} leaves no training identities "
-                             f"after n_val_identities={self.n_val_identities} and "
-                             f"n_test_identities={self.n_test_identities}")
-        if min(self.videos_per_identity, self.utterances_per_video, self.frames_per_video) < 1:
-            raise ValueError("videos_per_identity, utterances_per_video and frames_per_video "
-                             "must be >= 1")
+            raise ValueError(
+                f"generator.n_identities={self.n_identities} leaves no training "
+                f"identities after n_val_identities={self.n_val_identities} and "
+                f"n_test_identities={self.n_test_identities}"
+            )
+        for key in (
+            "videos_per_identity",
+            "utterances_per_video",
+            "frames_per_video",
+            "teacher_frames_per_identity",
+        ):
+            if getattr(self, key) < 1:
+                raise ValueError(f"generator.{key}={getattr(self, key)}: must be >= 1")
+        if self.n_teacher_identities < 0:
+            raise ValueError(
+                f"generator.n_teacher_identities={self.n_teacher_identities}: "
+                "must be >= 0 (0 = no teacher pool)"
+            )
         if not 0 < self.utt_seconds_min <= self.utt_seconds_max:
-            raise ValueError("need 0 < utt_seconds_min <= utt_seconds_max")
+            raise ValueError(
+                f"generator.utt_seconds_min={self.utt_seconds_min} / "
+                f"utt_seconds_max={self.utt_seconds_max}: need 0 < min <= max"
+            )
         if self.image_size < 8:
-            raise ValueError(f"image_size={self.image_size} is too small (>= 8)")
+            raise ValueError(f"generator.image_size={self.image_size} is too small (>= 8)")
 
     def key(self) -> str:
         blob = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
@@ -124,40 +180,47 @@ def dataset_dir(data_dir: str | Path, cfg: SynthFaceVoiceConfig) -> Path:
     return Path(data_dir) / "synth_face_voice" / cfg.key()
 
 
-def generate_synth_face_voice(data_dir: str | Path,
-                              cfg: SynthFaceVoiceConfig | Mapping[str, Any] | None = None,
-                              ) -> Path:
+def generate_synth_face_voice(
+    data_dir: str | Path,
+    cfg: SynthFaceVoiceConfig | Mapping[str, Any] | None = None,
+) -> Path:
     """Generate (or reuse) the dataset for ``cfg`` under ``data_dir``; returns its root."""
     cfg = SynthFaceVoiceConfig.from_dict(cfg)
     cfg.validate()
-    out = dataset_dir(data_dir, cfg)
-    if _is_complete(out, cfg):
-        log.info("synthetic face-voice data: using cached %s", out)
-        return out
-    if out.exists():
-        log.warning("synthetic face-voice data at %s is incomplete; regenerating", out)
-        shutil.rmtree(out)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    t0 = time.time()
-    _write_dataset(tmp, cfg)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not _is_complete(out, cfg):
-            raise
-    log.info("synthetic face-voice data generated in %.1f s: %s", time.time() - t0, out)
-    return out
+    info = {"generator": "synth_face_voice", "version": GENERATOR_VERSION, "params": asdict(cfg)}
+    return write_once(
+        dataset_dir(data_dir, cfg),
+        info,
+        lambda tmp: _write_dataset(tmp, cfg),
+        "synthetic face-voice data",
+    )
 
 
-def _is_complete(path: Path, cfg: SynthFaceVoiceConfig) -> bool:
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    return manifest.get("params") == asdict(cfg) and manifest.get("version") == GENERATOR_VERSION
+# --------------------------------------------------------------------------- structure
+@dataclass(frozen=True)
+class MixingStructure:
+    """How factors become attributes: ``face_mixing`` [len(FACE_ATTRS), n_face_factors],
+    ``voice_mixing`` [len(VOICE_ATTRS), n_voice_factors]."""
+
+    face_mixing: np.ndarray
+    voice_mixing: np.ndarray
+
+
+def _orthogonal_mixing(rng: np.random.Generator, n_attrs: int, n_factors: int) -> np.ndarray:
+    """[n_attrs, n_factors] with orthogonal columns of squared norm n_attrs / n_factors (each
+    attribute's input has unit variance on average; every factor equally expressed)."""
+    q, r = np.linalg.qr(rng.standard_normal((n_attrs, n_attrs)))
+    q = q * np.sign(np.diag(r))
+    return q[:, :n_factors] * math.sqrt(n_attrs / n_factors)
+
+
+def mixing_structure(cfg: SynthFaceVoiceConfig) -> MixingStructure:
+    """The mixing matrices, from ``structure_seed`` alone (not the data seed, not gamma)."""
+    rng = np.random.default_rng([cfg.structure_seed, 7])
+    return MixingStructure(
+        _orthogonal_mixing(rng, len(FACE_ATTRS), cfg.n_face_factors),
+        _orthogonal_mixing(rng, len(VOICE_ATTRS), cfg.n_voice_factors),
+    )
 
 
 # --------------------------------------------------------------------------- identities
@@ -165,209 +228,178 @@ def identity_name(i: int) -> str:
     return f"id{i + 1:05d}"
 
 
+def face_attributes(face_factors: np.ndarray, structure: MixingStructure) -> np.ndarray:
+    return np.tanh(face_factors @ structure.face_mixing.T)
+
+
 def sample_identities(cfg: SynthFaceVoiceConfig) -> list[dict[str, Any]]:
-    """Latent factors and the face / voice attributes (each in [-1, 1]) per identity."""
+    """Factors and face / voice attributes (each in [-1, 1]) of every paired identity."""
+    structure = mixing_structure(cfg)
     rng = np.random.default_rng([cfg.seed, 1])
-    ns, nf, nv = cfg.n_shared, cfg.n_face_only, cfg.n_voice_only
-
-    def mixing(n_rows: int, n_cols: int) -> np.ndarray:
-        w = rng.standard_normal((n_rows, n_cols))
-        return w / np.linalg.norm(w, axis=1, keepdims=True)
-
-    w_face = mixing(len(FACE_ATTRS), ns + nf)
-    w_voice = mixing(len(VOICE_ATTRS), ns + nv)
-    w_face_only = mixing(len(FACE_ONLY_ATTRS), nf) if nf else None
-    w_voice_only = mixing(len(VOICE_ONLY_ATTRS), nv) if nv else None
+    n, k = cfg.n_identities, cfg.n_shared
+    face_factors = rng.standard_normal((n, cfg.n_face_factors))
+    own_voice = rng.standard_normal((n, cfg.n_voice_factors))  # same draw for every gamma
+    voice_factors = np.concatenate([face_factors[:, :k], own_voice[:, k:]], axis=1)
+    face = face_attributes(face_factors, structure)
+    voice = np.tanh(voice_factors @ structure.voice_mixing.T)
     out = []
-    for i in range(cfg.n_identities):
-        z = rng.standard_normal(ns + nf + nv)
-        zs, zf, zv = z[:ns], z[ns : ns + nf], z[ns + nf :]
-        face = np.tanh(w_face @ np.concatenate([zs, zf]))
-        voice = np.tanh(w_voice @ np.concatenate([zs, zv]))
-        eye = np.tanh(w_face_only @ zf) if nf else np.zeros(len(FACE_ONLY_ATTRS))
-        rate = np.tanh(w_voice_only @ zv) if nv else np.zeros(len(VOICE_ONLY_ATTRS))
-        attrs_f = dict(zip(FACE_ATTRS + FACE_ONLY_ATTRS, [*face, *eye], strict=True))
-        attrs_v = dict(zip(VOICE_ATTRS + VOICE_ONLY_ATTRS, [*voice, *rate], strict=True))
-        out.append({"identity": identity_name(i), "z_shared": zs.tolist(),
-                    "z_face_only": zf.tolist(), "z_voice_only": zv.tolist(),
-                    "face": {k: float(v) for k, v in attrs_f.items()},
-                    "voice": {k: float(v) for k, v in attrs_v.items()},
-                    "f0_hz": float(voice_params(attrs_v)["f0"])})
+    for i in range(n):
+        attrs_v = dict(zip(VOICE_ATTRS, voice[i].tolist(), strict=True))
+        out.append(
+            {
+                "identity": identity_name(i),
+                "face_factors": face_factors[i].tolist(),
+                "voice_factors": voice_factors[i].tolist(),
+                "n_shared_factors": k,
+                "face": dict(zip(FACE_ATTRS, face[i].tolist(), strict=True)),
+                "voice": attrs_v,
+                "f0_hz": float(voice_params(attrs_v)["f0"]),
+            }
+        )
     return out
 
 
-# --------------------------------------------------------------------------- voice
-def voice_params(a: Mapping[str, float]) -> dict[str, float]:
-    """Physical voice parameters from attributes in [-1, 1]."""
-    return {"f0": 150.0 * 2.0 ** (0.8 * a["pitch"]),  # ~86-262 Hz
-            "vtl": 1.0 + 0.15 * a["vocal_tract"],  # formant frequencies divided by this
-            "tilt": 0.75 + 0.2 * (a["spectral_tilt"] + 1) / 2,  # one-pole coefficient
-            "f2": 1.0 + 0.1 * a["formant2"],
-            "breath": 0.1 + 0.3 * (a["breathiness"] + 1) / 2,  # noise/pulse amplitude
-            "rate": 4.0 * 2.0 ** (0.45 * a["speaking_rate"])}  # syllables / s
+def sample_teacher_pool(cfg: SynthFaceVoiceConfig) -> list[dict[str, Any]]:
+    """The face-only teacher identities: same face model, own stream, names after the
+    paired identities (so the two sets are disjoint)."""
+    rng = np.random.default_rng([cfg.seed, 5])
+    face_factors = rng.standard_normal((cfg.n_teacher_identities, cfg.n_face_factors))
+    face = face_attributes(face_factors, mixing_structure(cfg))
+    return [
+        {
+            "identity": identity_name(cfg.n_identities + j),
+            "face_factors": face_factors[j].tolist(),
+            "face": dict(zip(FACE_ATTRS, face[j].tolist(), strict=True)),
+        }
+        for j in range(cfg.n_teacher_identities)
+    ]
 
 
-def _resonator(freq: np.ndarray, bw: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two-pole resonators (unity DC gain): (a_coeffs [K, 3], b_coeffs [K, 3])."""
-    r = np.exp(-math.pi * bw / sr)
-    theta = 2 * math.pi * np.minimum(freq, 0.45 * sr) / sr
-    a = np.stack([np.ones_like(r), -2 * r * np.cos(theta), r**2], axis=1)
-    b = np.zeros_like(a)
-    b[:, 0] = a.sum(axis=1)
-    return a, b
+def linear_r2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """R^2 of each column of ``y`` [N, M] fitted by least squares on ``x`` [N, P] + intercept."""
+    design = np.column_stack([np.ones(len(x)), x])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = ((y - design @ coef) ** 2).sum(axis=0)
+    total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    return 1.0 - residual / np.maximum(total, 1e-12)
 
 
-def synth_utterance(p: Mapping[str, float], duration: float, sr: int,
-                    rng: np.random.Generator, noise_snr_db: float, gain_db: float) -> np.ndarray:
-    """One utterance (float32 in [-1, 1]) from :func:`voice_params` output ``p``."""
-    n = int(duration * sr)
-    t = np.arange(n) / sr
-    # source: pulse train with per-utterance pitch jitter and slow intonation
-    f0 = p["f0"] * (1 + rng.normal(0, 0.03)) * (
-        1 + 0.08 * np.sin(2 * math.pi * rng.uniform(0.3, 0.8) * t + rng.uniform(0, 2 * math.pi)))
-    phase = np.cumsum(f0 / sr)
-    src = np.diff(np.floor(phase), prepend=0.0)
-    # aspiration noise at a harmonics-to-noise ratio of ~10-20 dB (pulse power = f0 / sr)
-    src = src + p["breath"] * np.sqrt(f0 / sr) * rng.standard_normal(n)
-    x = torch.from_numpy(src)
-    tilt = torch.tensor([1.0, -p["tilt"]], dtype=torch.float64)
-    one = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    for _ in range(2):  # glottal spectral tilt
-        x = AF.lfilter(x, tilt, one * (1 - p["tilt"]), clamp=False)
-    x = torch.diff(x, prepend=x[:1])  # lip radiation
-    # filter: one resonator cascade per vowel, all vowels in one batched call
-    formants = VOWELS / p["vtl"]
-    formants[:, 1] *= p["f2"]
-    xs = x.expand(len(VOWELS), n).contiguous()
-    for k in range(3):
-        a, b = _resonator(formants[:, k], np.full(len(VOWELS), BANDWIDTHS[k]), sr)
-        xs = AF.lfilter(xs, torch.from_numpy(a), torch.from_numpy(b), clamp=False, batching=True)
-    voiced = xs.numpy()
-    # syllables at the speaking rate, with pauses and leading/trailing silence
-    env = np.zeros(n)
-    vowel = np.zeros(n, dtype=np.int64)
-    pos = int(rng.uniform(0.1, 0.2) * sr)
-    end = n - int(rng.uniform(0.1, 0.2) * sr)
-    rate = p["rate"] * rng.uniform(0.95, 1.05)
-    while pos < end:
-        if rng.random() < 0.12:
-            pos += int(rng.uniform(0.1, 0.25) * sr)
-            continue
-        syl = int(sr / rate * rng.uniform(0.75, 1.25))
-        on = min(int(syl * 0.8), end - pos)
-        if on > 16:
-            env[pos : pos + on] = np.hanning(on) ** 0.6 * rng.uniform(0.6, 1.0)
-            vowel[pos : pos + syl] = rng.integers(len(VOWELS))
-        pos += syl
-    speech = voiced[vowel, np.arange(n)] * env
-    speech /= max(np.abs(speech).max(), 1e-9)
-    speech *= 0.5 * 10 ** (gain_db / 20)
-    p_speech = float(np.mean(speech**2))
-    speech += rng.standard_normal(n) * math.sqrt(p_speech / 10 ** (noise_snr_db / 10))
-    return np.clip(speech, -1.0, 1.0).astype(np.float32)
-
-
-# --------------------------------------------------------------------------- face
-def _mix(c0: tuple[float, ...], c1: tuple[float, ...], w: float) -> tuple[int, ...]:
-    return tuple(int(round(a + (b - a) * w)) for a, b in zip(c0, c1, strict=True))
-
-
-def render_face(a: Mapping[str, float], size: int, video: Mapping[str, Any],
-                rng: np.random.Generator) -> np.ndarray:
-    """One face frame, uint8 [size, size, 3]."""
-    s = size * 4
-    img = Image.new("RGB", (s, s), video["background"])
-    d = ImageDraw.Draw(img)
-    scale = 1 + rng.uniform(-0.04, 0.04)
-    cx = s / 2 + rng.uniform(-0.06, 0.06) * s
-    cy = s / 2 + rng.uniform(-0.05, 0.05) * s
-    fw = s * (0.30 + 0.07 * a["face_width"]) * scale
-    fh = s * (0.38 + 0.06 * a["face_height"]) * scale
-    w = (a["hair_colour"] + 1) / 2
-    hair = _mix((40, 25, 15), (225, 190, 110), w) if w < 0.75 else _mix(
-        (225, 190, 110), (170, 60, 30), (w - 0.75) * 4)
-    d.ellipse((cx - fw * 1.1, cy - fh * 1.12, cx + fw * 1.1, cy + fh * 0.3), fill=hair)
-    skin = _mix((250, 220, 190), (105, 70, 45), (a["skin_tone"] + 1) / 2)
-    d.ellipse((cx - fw, cy - fh, cx + fw, cy + fh), fill=skin)
-    ex = fw * (0.40 + 0.12 * a["eye_spacing"])
-    ey = cy - fh * (0.15 + 0.10 * a["eye_height"])
-    er = fw * 0.2
-    hue = 0.05 + 0.6 * (a["eye_colour"] + 1) / 2
-    iris = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.85, 0.75))
-    for side in (-1, 1):
-        x = cx + side * ex
-        d.ellipse((x - er, ey - er * 0.7, x + er, ey + er * 0.7), fill=(245, 245, 245))
-        d.ellipse((x - er * 0.6, ey - er * 0.6, x + er * 0.6, ey + er * 0.6), fill=iris)
-        d.ellipse((x - er * 0.25, ey - er * 0.25, x + er * 0.25, ey + er * 0.25), fill=(10, 10, 10))
-    mw = fw * (0.45 + 0.15 * a["mouth_width"])
-    my = cy + fh * 0.5
-    curve = a["mouth_curve"] * fh * 0.15
-    xs = np.linspace(-1, 1, 12)
-    pts = [(cx + mw * u, my + curve * (u * u - 0.5)) for u in xs]
-    d.line(pts, fill=(150, 40, 50), width=max(2, int(s * 0.03)))
-    small = img.resize((size, size), Image.LANCZOS)
-    arr = np.asarray(small, dtype=np.float64) / 255.0
-    # lighting: per-video direction and level, per-frame jitter; then sensor noise
-    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
-    ang = video["light_angle"]
-    grad = 1 + video["light_strength"] * (np.cos(ang) * xx + np.sin(ang) * yy)
-    level = video["light_level"] * (1 + rng.uniform(-0.05, 0.05))
-    arr = arr * (grad * level)[..., None] + rng.normal(0, 0.015, arr.shape)
-    return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)
+def shared_information(idents: list[dict[str, Any]], cfg: SynthFaceVoiceConfig) -> dict:
+    """Gamma, factor counts and the realised R^2 of voice from face (see module docstring)."""
+    face_f = np.array([d["face_factors"] for d in idents])
+    voice_f = np.array([d["voice_factors"] for d in idents])
+    face_a = np.array([[d["face"][a] for a in FACE_ATTRS] for d in idents])
+    voice_a = np.array([[d["voice"][a] for a in VOICE_ATTRS] for d in idents])
+    r2_factors = linear_r2(face_f, voice_f)
+    r2_attrs = linear_r2(face_a, voice_a)
+    return {
+        "gamma": cfg.gamma,
+        "n_voice_factors": cfg.n_voice_factors,
+        "n_shared_factors": cfg.n_shared,
+        "n_voice_only_factors": cfg.n_voice_factors - cfg.n_shared,
+        "n_face_factors": cfg.n_face_factors,
+        "n_face_only_factors": cfg.n_face_factors - cfg.n_shared,
+        "n_identities": len(idents),
+        "r2_voice_factors_from_face_factors": float(r2_factors.mean()),
+        "r2_per_voice_factor": [round(float(v), 4) for v in r2_factors],
+        "r2_voice_attributes_from_face_attributes": float(r2_attrs.mean()),
+        "r2_per_voice_attribute": {
+            a: round(float(v), 4) for a, v in zip(VOICE_ATTRS, r2_attrs, strict=True)
+        },
+    }
 
 
 # --------------------------------------------------------------------------- writer
-def _write_dataset(root: Path, cfg: SynthFaceVoiceConfig) -> None:
-    idents = sample_identities(cfg)
+def _save_face(
+    path: Path, attrs: Mapping[str, float], cfg: SynthFaceVoiceConfig, rng: np.random.Generator
+) -> None:
+    arr = render_face(attrs, cfg.image_size, draw_face_nuisance(rng), rng)
+    Image.fromarray(arr).save(path)
+
+
+def _write_paired(
+    root: Path, idents: list[dict[str, Any]], cfg: SynthFaceVoiceConfig
+) -> dict[str, list[str]]:
+    """Faces and utterances of the paired identities; utterance paths by identity."""
     utts_by_id: dict[str, list[str]] = {}
-    n_utts = n_faces = 0
     for i, ident in enumerate(idents):
         name = ident["identity"]
         rng = np.random.default_rng([cfg.seed, 2, i])
         vp = voice_params(ident["voice"])
         for v in range(cfg.videos_per_identity):
             video = f"vid{v:02d}"
-            session = {"background": tuple(int(c) for c in rng.integers(0, 256, 3)),
-                       "light_angle": float(rng.uniform(0, 2 * math.pi)),
-                       "light_strength": float(rng.uniform(0.1, 0.6)),
-                       "light_level": float(rng.uniform(0.75, 1.2))}
-            noise_snr = float(rng.uniform(30.0, 40.0))
+            recording = draw_recording(rng)
             wav_dir = root / "wav" / name / video
             face_dir = root / "faces" / name / video
             wav_dir.mkdir(parents=True)
             face_dir.mkdir(parents=True)
             for k in range(cfg.frames_per_video):
-                arr = render_face(ident["face"], cfg.image_size, session, rng)
-                Image.fromarray(arr).save(face_dir / f"{k + 1:04d}.png")
-                n_faces += 1
+                _save_face(face_dir / f"{k + 1:04d}.png", ident["face"], cfg, rng)
             for u in range(cfg.utterances_per_video):
                 dur = float(rng.uniform(cfg.utt_seconds_min, cfg.utt_seconds_max))
-                wave = synth_utterance(vp, dur, cfg.sample_rate, rng, noise_snr,
-                                       gain_db=float(rng.uniform(-6.0, 0.0)))
+                wave = synth_utterance(
+                    vp, dur, cfg.sample_rate, rng, recording, gain_db=float(rng.uniform(-6.0, 0.0))
+                )
                 rel = f"{name}/{video}/{u + 1:05d}.wav"
                 sf.write(root / "wav" / rel, wave, cfg.sample_rate, subtype="PCM_16")
                 utts_by_id.setdefault(name, []).append(rel)
-                n_utts += 1
+    return utts_by_id
 
+
+def _write_teacher_pool(root: Path, pool: list[dict[str, Any]], cfg: SynthFaceVoiceConfig) -> None:
+    for j, ident in enumerate(pool):
+        rng = np.random.default_rng([cfg.seed, 6, j])
+        face_dir = root / TEACHER_FACES / ident["identity"]
+        face_dir.mkdir(parents=True)
+        for k in range(cfg.teacher_frames_per_identity):
+            _save_face(face_dir / f"{k + 1:04d}.png", ident["face"], cfg, rng)
+    (root / TEACHER_POOL_LIST).write_text("".join(f"{d['identity']}\n" for d in pool))
+    (root / TEACHER_IDENTITIES).write_text(json.dumps(pool, indent=1))
+
+
+def _write_dataset(root: Path, cfg: SynthFaceVoiceConfig) -> dict[str, Any]:
+    """Write everything but the manifest; return its entries beyond the parameters."""
+    idents = sample_identities(cfg)
+    utts_by_id = _write_paired(root, idents, cfg)
     names = [d["identity"] for d in idents]
     perm = np.random.default_rng([cfg.seed, 3]).permutation(len(names))
     nt, nv = cfg.n_test_identities, cfg.n_val_identities
-    splits = {"test": sorted(names[j] for j in perm[:nt]),
-              "val": sorted(names[j] for j in perm[nt : nt + nv]),
-              "train": sorted(names[j] for j in perm[nt + nv :])}
+    splits = {
+        "test": sorted(names[j] for j in perm[:nt]),
+        "val": sorted(names[j] for j in perm[nt : nt + nv]),
+        "train": sorted(names[j] for j in perm[nt + nv :]),
+    }
     (root / "splits").mkdir()
+    split_of = {x: split for split, ids in splits.items() for x in ids}
     for split, ids in splits.items():
         (root / "splits" / f"{split}.txt").write_text("".join(f"{x}\n" for x in ids))
-        for d in idents:
-            if d["identity"] in ids:
-                d["split"] = split
-    for j, split in enumerate(("val", "test")):
-        if splits[split]:
-            trials = make_trials({x: utts_by_id[x] for x in splits[split]}, cfg.n_trials,
-                                 seed=cfg.seed * 1000 + 4 + j)
-            write_trials(root / f"trials_{split}.txt", trials)
-    (root / "identities.json").write_text(json.dumps(idents, indent=1))
-    manifest = {"generator": "synth_face_voice", "version": GENERATOR_VERSION,
-                "params": asdict(cfg), "n_utterances": n_utts, "n_face_frames": n_faces,
-                "splits": {k: len(v) for k, v in splits.items()}}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    for d in idents:
+        d["split"] = split_of[d["identity"]]
+    n_targets = {}
+    for j, (split, n_trials) in enumerate((("val", cfg.n_val_trials), ("test", cfg.n_trials))):
+        trials = make_trials(
+            {x: utts_by_id[x] for x in splits[split]}, n_trials, seed=cfg.seed * 1000 + 4 + j
+        )
+        write_trials(root / f"trials_{split}.txt", trials)
+        n_targets[split] = sum(t.label for t in trials)
+    (root / IDENTITIES).write_text(json.dumps(idents, indent=1))
+    pool = sample_teacher_pool(cfg)
+    _write_teacher_pool(root, pool, cfg)
+    structure = mixing_structure(cfg)
+    return {
+        "n_utterances": sum(len(v) for v in utts_by_id.values()),
+        "n_face_frames": len(idents) * cfg.videos_per_identity * cfg.frames_per_video,
+        "splits": {k: len(v) for k, v in splits.items()},
+        "target_trials": n_targets,
+        "teacher_pool": {
+            "n_identities": len(pool),
+            "n_face_frames": len(pool) * cfg.teacher_frames_per_identity,
+        },
+        "shared_information": shared_information(idents, cfg),
+        "structure": {
+            "face_attributes": list(FACE_ATTRS),
+            "voice_attributes": list(VOICE_ATTRS),
+            "face_mixing": np.round(structure.face_mixing, 6).tolist(),
+            "voice_mixing": np.round(structure.voice_mixing, 6).tolist(),
+        },
+    }
