@@ -27,7 +27,8 @@ from crossdistill.modules.verification import VerificationEvaluator
 
 SR = 16000
 N_MELS = 20
-TINY = {"n_identities": 8, "n_shared": 2, "n_face_only": 1, "n_voice_only": 1,
+TINY = {"n_identities": 8, "n_voice_factors": 3, "gamma": 0.5, "n_face_only": 1,
+        "n_teacher_identities": 4, "teacher_frames_per_identity": 2, "n_val_trials": 12,
         "videos_per_identity": 2, "utterances_per_video": 2, "frames_per_video": 2,
         "utt_seconds_min": 0.6, "utt_seconds_max": 1.2, "image_size": 16,
         "n_val_identities": 2, "n_test_identities": 2, "n_trials": 12, "seed": 4}  # fmt: skip
