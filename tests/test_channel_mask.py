@@ -119,7 +119,7 @@ def test_fusion_teacher_reduced_to_its_audio_channels_distils_and_is_saved(
         "teacher.keep_channels.keep=top",
         "teacher.keep_channels.k=64",
         f"teacher.keep_channels.ranking={tmp_path}/seed_${{seed}}.csv",
-        f"+teacher.keep_channels.retrain_head={retrain_head}",
+        f"teacher.keep_channels.retrain_head={retrain_head}",
     )
     # the trained teacher is the same with or without the mask: one cached teacher
     assert teacher_key(masked) == teacher_key(compose_cfg(*common))

@@ -205,7 +205,7 @@ class _Data(VerificationData):
     def eval_utterances(self, split):
         return self.items
 
-    def noisy_eval_input(self, batch, snr_db, seed, kind="white"):
+    def noisy_eval_input(self, batch, snr_db, seed, kind="white", split=None):
         return batch["student_input"] + snr_db  # a different 'utterance' per SNR
 
 
