@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,10 +105,14 @@ ACC = {("no KD", 0): [0.50, 0.80, 0.65], ("KD", 0): [0.51, 0.78, 0.69],
        ("no KD", 10): [0.6, 0.6, 0.6], ("KD", 10): [0.7, 0.7, 0.7]}
 
 
-def fake_train(commands: list[list[str]], fail: str | None = None):
-    """Stands in for ``crossdistill-train -m``: writes one run dir per seed of the sweep."""
+def fake_train(commands: list[list[str]], fail: str | None = None,
+               together: threading.Barrier | None = None):
+    """Stands in for ``crossdistill-train -m``: writes one run dir per seed of the sweep.
+    ``together``: the first cells wait there for each other (fails if run one by one)."""
     def run(cmd, **kwargs):
         commands.append(cmd)
+        if together is not None and len(commands) <= together.parties:
+            together.wait()
         args = dict(a.split("=", 1) for a in cmd if "=" in a)
         row = "no KD" if "distill=none" in cmd else "KD"
         overlap = int(args["data.overlap"])
@@ -125,16 +131,17 @@ def test_runner_runs_each_cell_as_one_multirun_and_writes_the_table(tmp_path, mo
     spec_file = tmp_path / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC, allow_unicode=True, sort_keys=False))
     commands: list[list[str]] = []
-    monkeypatch.setattr(runner.subprocess, "run", fake_train(commands))
+    # jobs: 2 -> two cells at once (each waits at the barrier for the other), seeds in turn
+    together = threading.Barrier(2, timeout=10)
+    monkeypatch.setattr(runner.subprocess, "run", fake_train(commands, together=together))
     out = tmp_path / "table"
     assert main(["run", str(spec_file), "--out", str(out), "paths.data_dir=/x"]) == 0
     assert len(commands) == 4  # 2 rows x 2 columns, each over the 3 seeds
-    first = commands[0]
+    first = next(c for c in commands if f"hydra.sweep.dir={out / 'no_kd' / slug('γ=0')}" in c)
     assert first[first.index("-m", 2):][:4] == ["-m", "experiment=mfh/exp1", "distill=none",
                                                  "data.overlap=0"]
     assert "seed=0,1,2" in first and "paths.data_dir=/x" in first
-    assert f"hydra.sweep.dir={out / 'no_kd' / slug('γ=0')}" in first
-    assert first[-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert not any("hydra/launcher=joblib" in c for c in commands)
     text = (out / "table.md").read_text()
     assert "| row | test/acc ↑ (γ=0) | test/acc ↑ (γ=1) |" in text
     assert "| no KD (baseline) | 0.650 ± 0.150 (n=3) | 0.600 ± 0.000 (n=3) |" in text
@@ -166,16 +173,32 @@ def test_runner_reports_failed_runs_and_still_writes_the_table(tmp_path, monkeyp
     assert "Failed or unfinished runs (no metrics.json, left out): 2" in text
 
 
+def test_a_single_cell_runs_its_seeds_in_parallel(tmp_path, monkeypatch):
+    spec_file = tmp_path / "tiny.yaml"
+    one_column = {**SPEC, "columns": {"γ=0": ["data.overlap=0"]}}
+    spec_file.write_text(yaml.safe_dump(one_column, allow_unicode=True, sort_keys=False))
+    commands: list[list[str]] = []
+    monkeypatch.setattr(runner.subprocess, "run", fake_train(commands))
+    assert main(["run", str(spec_file), "--out", str(tmp_path / "t"), "--rows", "no KD"]) == 0
+    assert len(commands) == 1
+    assert commands[0][-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+
+
 def test_runner_rejects_unknown_rows(tmp_path):
     assert main(["run", "c2kd", "--rows", "nope", "--out", str(tmp_path)]) == 2
 
 
 @pytest.mark.slow
-def test_runner_end_to_end_with_the_joblib_launcher(tmp_path, capsys):
-    """Two rows x two seeds of MFH exp1, two runs at a time, real training."""
-    spec = {"rows": {"no KD": {"experiment": "mfh/exp1", "overrides": ["distill=none"]},
-                     "KD": {"experiment": "mfh/exp1"}},
-            "seeds": [0, 1], "jobs": 2, "metrics": ["test/acc", "teacher/test/acc"],
+def test_runner_end_to_end_cells_in_parallel_share_each_teacher(tmp_path, capsys):
+    """Three rows x two seeds of MFH exp1, two cells at a time, real training: the two KD
+    rows run at once and need the same teachers; each teacher is trained once (the other
+    cell waits for it and reuses it). Then one row alone: its seeds run in parallel."""
+    spec = {"rows": {"KD": {"experiment": "mfh/exp1"},
+                     "KD T=2": {"experiment": "mfh/exp1",
+                                "overrides": ["distill.kd.temperature=2"]},
+                     "no KD": {"experiment": "mfh/exp1", "overrides": ["distill=none"]}},
+            "baseline": "no KD", "seeds": [0, 1], "jobs": 2,
+            "metrics": ["test/acc", "teacher/test/acc"],
             "overrides": ["trainer.max_epochs=3", "teacher.max_epochs=3",
                           "callbacks.epoch_progress_bar=null"]}
     spec_file = tmp_path / "tiny.yaml"
@@ -185,7 +208,16 @@ def test_runner_end_to_end_with_the_joblib_launcher(tmp_path, capsys):
     text = (out / "table.md").read_text()
     assert "| no KD (baseline) |" in text and "(n=2)" in text
     assert "| row | Δ test/acc ↑ |" in text  # the teacher metric is not paired by default
-    assert "Joblib.Parallel(n_jobs=2" in (out / "logs" / "kd.log").read_text()
+    sources = {row: [json.loads((out / row / str(job) / "teacher" / "source.json")
+                                .read_text())["source"] for job in (0, 1)]
+               for row in ("kd", "kd_t_2")}
+    for job in (0, 1):
+        trained = [row for row in sources if sources[row][job] == "trained in this run"]
+        assert len(trained) == 1, sources  # the other row reused the cached teacher
+    lone = tmp_path / "lone"
+    assert main(["run", str(spec_file), "--out", str(lone), f"paths.log_dir={tmp_path}",
+                 "--rows", "no KD"]) == 0
+    assert "Joblib.Parallel(n_jobs=2" in (lone / "logs" / "no_kd.log").read_text()
 
 
 @pytest.mark.slow

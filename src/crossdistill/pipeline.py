@@ -152,35 +152,37 @@ def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherM
     key = teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, teacher_data))
     cached = Path(cfg.paths.teacher_cache_dir) / key / "teacher.ckpt"
     reusable = cfg.teacher.get("reuse", True) and not cfg.trainer.get("fast_dev_run")
-    if resume_from is None and reusable and cached.exists():
-        teacher_store.load_weights(teacher, cached)
-        metrics_file = cached.parent / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        teacher_store.record_teacher(stage_dir, cached, metrics, cached)
-        log.info("reusing the teacher trained for this data/teacher/seed: %s", cached)
-        return teacher, metrics
-    if resume_from is not None:
-        log.info("resume: training the teacher on from %s", resume_from)
-    else:
-        log.info("training the teacher (%s epochs)", cfg.teacher.max_epochs)
-    metrics, ckpt = fit_and_test(
-        cfg,
-        teacher,
-        teacher_data,
-        stage_dir,
-        stage=TEACHER,
-        resume_from=resume_from,
-        max_epochs=cfg.teacher.max_epochs,
-    )
-    if ckpt:
-        teacher_store.load_weights(teacher, ckpt)
-    weights = stage_dir / teacher_store.RECORD_WEIGHTS
-    teacher_store.save_weights_atomically(teacher, weights)
-    if pl.utilities.rank_zero_only.rank == 0:
-        teacher_store.record_teacher(stage_dir, weights, metrics, "trained in this run")
-        if not cfg.trainer.get("fast_dev_run"):
-            teacher_store.save_weights_atomically(teacher, cached)
-            (cached.parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    shared = reusable and resume_from is None  # reads or writes the shared teacher cache
+    with teacher_store.training_lock(cached.parent, enabled=shared):
+        if shared and cached.exists():
+            teacher_store.load_weights(teacher, cached)
+            metrics_file = cached.parent / "metrics.json"
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+            teacher_store.record_teacher(stage_dir, cached, metrics, cached)
+            log.info("reusing the teacher trained for this data/teacher/seed: %s", cached)
+            return teacher, metrics
+        if resume_from is not None:
+            log.info("resume: training the teacher on from %s", resume_from)
+        else:
+            log.info("training the teacher (%s epochs)", cfg.teacher.max_epochs)
+        metrics, ckpt = fit_and_test(
+            cfg,
+            teacher,
+            teacher_data,
+            stage_dir,
+            stage=TEACHER,
+            resume_from=resume_from,
+            max_epochs=cfg.teacher.max_epochs,
+        )
+        if ckpt:
+            teacher_store.load_weights(teacher, ckpt)
+        weights = stage_dir / teacher_store.RECORD_WEIGHTS
+        teacher_store.save_weights_atomically(teacher, weights)
+        if pl.utilities.rank_zero_only.rank == 0:
+            teacher_store.record_teacher(stage_dir, weights, metrics, "trained in this run")
+            if not cfg.trainer.get("fast_dev_run"):
+                teacher_store.save_weights_atomically(teacher, cached)
+                (cached.parent / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return teacher, metrics
 
 

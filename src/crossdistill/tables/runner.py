@@ -1,10 +1,13 @@
 """Run a table spec: each (row, column) is one Hydra multirun of ``crossdistill-train``
-over the spec's seeds (in parallel with hydra-joblib-launcher when ``jobs > 1``), written
-to ``<table dir>/<row>[/<column>]/<job>``; then the table of the whole dir.
+over the spec's seeds, written to ``<table dir>/<row>[/<column>]/<job>``; then the table of
+the whole dir.
 
-Rows run one after another, the seeds of a row in parallel: a teacher shared by several
-rows (same data, teacher config and seed) is trained by the first row that needs it and
-reused from the pipeline's teacher cache by the others, never trained twice at once.
+``jobs`` runs at a time: while at least two cells are left, ``jobs`` cells run at once,
+each one process running its seeds in turn (one start-up per cell, no idle worker at the
+end of an odd number of seeds); a single cell runs its seeds in parallel instead
+(hydra-joblib-launcher). A teacher needed by several cells at once (same data, teacher
+config and seed) is trained by one of them while the others wait for it (the pipeline's
+teacher lock), then reused from the teacher cache.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -112,22 +117,28 @@ def run_spec(
           f"{len(spec.seeds)} seeds, {jobs} run(s) at a time -> {table_dir}", flush=True)
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // jobs)),
+        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // jobs)),  # jobs runs share cores
         "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
         "PYTHONWARNINGS": "ignore",
     }
     logs = table_dir / "logs"
     logs.mkdir(exist_ok=True)
     t_start = time.time()
-    all_ok = True
+    todo = []
     for i, (row, column) in enumerate(cells, 1):
         sweep_dir = cell_dir(table_dir, row.name, column.name)
-        log = logs / (sweep_dir.relative_to(table_dir).as_posix().replace("/", "__") + ".log")
-        cmd = train_command(spec, row, column, sweep_dir, jobs, extra)
         where = f"{row.name} ({column.name})" if column.name else row.name
         if _finished(sweep_dir, spec):
             print(f"[{i}/{len(cells)}] {where}: already finished in {sweep_dir}", flush=True)
-            continue
+        else:
+            todo.append((i, row, column, sweep_dir, where))
+    cells_at_once = min(jobs, len(todo)) if len(todo) > 1 else 1
+    seeds_at_once = jobs if cells_at_once == 1 else 1
+    printing = threading.Lock()
+
+    def run_cell(i: int, row: Row, column: Column, sweep_dir: Path, where: str) -> bool:
+        log = logs / (sweep_dir.relative_to(table_dir).as_posix().replace("/", "__") + ".log")
+        cmd = train_command(spec, row, column, sweep_dir, seeds_at_once, extra)
         t0 = time.time()
         with open(log, "w") as fh:
             fh.write(" ".join(cmd) + "\n\n")
@@ -135,10 +146,14 @@ def run_spec(
             code = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
         done = [r for r in find_runs([sweep_dir]) if not r.failed] if sweep_dir.is_dir() else []
         ok = code == 0 and len(done) == len(spec.seeds)
-        all_ok &= ok
-        print(f"[{i}/{len(cells)}] {where}: {len(done)}/{len(spec.seeds)} runs finished "
-              f"in {time.time() - t0:.0f} s" + ("" if ok else f", FAILED: see {log}"),
-              flush=True)
+        with printing:
+            print(f"[{i}/{len(cells)}] {where}: {len(done)}/{len(spec.seeds)} runs finished "
+                  f"in {time.time() - t0:.0f} s" + ("" if ok else f", FAILED: see {log}"),
+                  flush=True)
+        return ok
+
+    with ThreadPoolExecutor(max_workers=cells_at_once) as pool:
+        all_ok = all(list(pool.map(lambda cell: run_cell(*cell), todo)))
     text = write_all(load_table([table_dir]), table_dir)
     if out is None:
         _point_latest(table_dir)

@@ -3,11 +3,13 @@ hash of everything that determines the teacher (data, teacher config, seed)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -15,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from crossdistill.checkpoint_io import save_atomically
+from crossdistill.utils.file_lock import exclusive_lock
 from crossdistill.validation import check_checkpoint_file, teacher_checkpoint
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,25 @@ def teacher_key(cfg: DictConfig, data_fingerprint: str | None = None) -> str:
         "data_files": data_fingerprint,
     }
     return hashlib.sha256(repr(payload).encode()).hexdigest()[:16]
+
+
+def _distributed_child() -> bool:
+    """A process that Lightning's DDP launcher started (rank > 0): its rank 0 holds the lock."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return any(int(os.environ.get(name) or 0) > 0 for name in ranks)
+
+
+@contextlib.contextmanager
+def training_lock(cache_entry: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``<cache_entry>.lock`` while checking for a cached teacher
+    and training it, so that runs needing the same teacher at once (table cells in
+    parallel, joblib sweeps) train it once: the others wait, then reuse it. DDP ranks > 0
+    skip it (their rank 0 holds it while they train together)."""
+    if not enabled or _distributed_child():
+        yield
+        return
+    with exclusive_lock(cache_entry, "the same teacher"):
+        yield
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:

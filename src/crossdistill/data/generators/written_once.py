@@ -1,6 +1,6 @@
 """Write a generated dataset folder once: reuse it when its manifest matches, else write it
 to a temporary folder renamed into place (an interrupted run leaves no half-written folder;
-two processes generating the same folder at once both end with the complete one)."""
+a second process asking for the same folder meanwhile waits for it, then reuses it)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from crossdistill.utils.file_lock import exclusive_lock
+
 log = logging.getLogger(__name__)
 
 
@@ -23,6 +25,13 @@ def write_once(
     temporary folder and returns more manifest entries (counts, ...), the manifest
     ``{**info, **entries, "seconds": ...}`` is written and the folder renamed to ``root``.
     A manifest whose ``info`` differs (hash collision, edited manifest) is an error."""
+    with exclusive_lock(root, what):
+        return _write_once(root, info, write, what)
+
+
+def _write_once(
+    root: Path, info: dict[str, Any], write: Callable[[Path], dict[str, Any]], what: str
+) -> Path:
     manifest = root / "manifest.json"
     if manifest.is_file():
         saved = json.loads(manifest.read_text())
