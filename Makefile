@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
 export WANDB_MODE ?= offline
 # the main job on built-in data; override: make train ARGS="experiment=mfh/exp2 seed=1"
-MAIN_JOB ?= experiment=face_voice/c2kd
+MAIN_JOB ?= experiment=face_voice/demo
 export WANDB_SILENT ?= true
 
 .PHONY: help install train test test-full lint format reproduce-mfh reproduce-c2kd reproduce-text-image reproduce-dskd reproduce-avmnist reproduce-avmnist-alg1 benchmark-mfh benchmark-overhead clean

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     dm = builders.build_datamodule(cfg)
     teacher = builders.build_teacher_module(cfg, dm)
-    key = teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, dm))
+    key = builders.teacher_cache_key(cfg, dm)
     cached = Path(cfg.paths.teacher_cache_dir) / key / "teacher.ckpt"
     if cached.exists():
         teacher_store.load_weights(teacher, cached)

@@ -148,7 +148,7 @@ def test_teacher_pool_is_disjoint_from_the_paired_identities(synth_root):
 
 def test_manifest_reports_shared_information_and_counts(synth_root):
     m = json.loads((synth_root / "manifest.json").read_text())
-    assert m["version"] == synth.GENERATOR_VERSION == 2 and m["params"]["gamma"] == 0.5
+    assert m["version"] == synth.GENERATOR_VERSION == 3 and m["params"]["gamma"] == 0.5
     info = m["shared_information"]
     assert (info["gamma"], info["n_voice_factors"], info["n_shared_factors"]) == (0.5, 3, 2)
     assert info["n_face_factors"] == 4 and info["n_identities"] == 8
@@ -320,3 +320,27 @@ def test_oracle_teacher_fast_dev_run(compose_cfg):
     assert cfg.teacher.encoder._target_.endswith("MLPEncoder")
     summary = train(cfg)
     assert "test/eer" in summary["teacher"] and 0.0 <= summary["student"]["test/eer"] <= 1.0
+
+
+def test_every_gamma_shares_one_pool_teacher_but_not_other_changes(tiny_face_voice):
+    """gamma changes only the voices: the pool teacher's files (pool faces, paired faces,
+    splits, trials) are byte-identical, so its cache key is the same; what the teacher does
+    see (the pool's size, the face size) selects another teacher."""
+    def key_and_root(*overrides: str) -> tuple[str, Path]:
+        cfg = tiny_face_voice("face_voice/kd", *overrides)
+        dm = builders.build_datamodule(cfg)
+        return builders.teacher_cache_key(cfg, dm), dm.teacher_stage_datamodule().input_paths()
+
+    (key0, paths0), (key1, paths1) = key_and_root("data.generator.gamma=0"), key_and_root(
+        "data.generator.gamma=1")
+    assert paths0[0].parent != paths1[0].parent  # two generated datasets ...
+    assert key0 == key1  # ... one teacher
+    faces0, faces1 = (sorted((p / "faces").rglob("*.png")) for p in (paths0[0].parent,
+                                                                      paths1[0].parent))
+    assert [f.read_bytes() for f in faces0] == [f.read_bytes() for f in faces1]
+    assert key_and_root("data.generator.gamma=1", "data.image_size=12")[0] != key1
+    assert key_and_root("data.generator.gamma=1",
+                        "data.generator.teacher_frames_per_identity=3")[0] != key1
+    # without the pool the teacher trains on the paired data, voices included: per gamma
+    off0 = key_and_root("data.generator.gamma=0", "data.teacher_pool=false")[0]
+    assert off0 != key_and_root("data.generator.gamma=1", "data.teacher_pool=false")[0]

@@ -30,6 +30,7 @@ from crossdistill.models.heads import CosineClassifier
 from crossdistill.modules import DistillModule, StudentModule, TeacherModule
 from crossdistill.modules.distill import STUDENT_MODULE_FIELDS, TEACHER_FIELDS
 from crossdistill.modules.enrol import enrolled_classifier
+from crossdistill.utils import teacher_store
 from crossdistill.utils.loggers import STUDENT, is_wandb, stage_overrides
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,15 @@ def data_fingerprint(cfg: DictConfig, datamodule: PairedDataModule) -> str | Non
     computed once per datamodule and mode); ``None`` for in-memory data defined by the
     config."""
     return datamodule.content_fingerprint(cfg.get("cache_check", "content"))
+
+
+def teacher_cache_key(cfg: DictConfig, datamodule: PairedDataModule) -> str:
+    """The teacher cache key of a run (:func:`~crossdistill.utils.teacher_store.teacher_key`)
+    over the data the teacher trains on (:func:`teacher_stage_data`): its files'
+    fingerprint, and without the data keys that act only through those files."""
+    data = teacher_stage_data(datamodule)
+    return teacher_store.teacher_key(cfg, data_fingerprint(cfg, data),
+                                     tuple(getattr(data, "config_in_files", ())))
 
 
 def build_teacher_cache(

@@ -149,7 +149,7 @@ def obtain_teacher(cfg: DictConfig, datamodule, run_dir: Path) -> tuple[TeacherM
         return teacher, {}
     resume_from = latest_good_checkpoint(stage_dir / "checkpoints") if resuming else None
     teacher_data = builders.teacher_stage_data(datamodule)  # e.g. a face-only identity pool
-    key = teacher_store.teacher_key(cfg, builders.data_fingerprint(cfg, teacher_data))
+    key = builders.teacher_cache_key(cfg, datamodule)
     cached = Path(cfg.paths.teacher_cache_dir) / key / "teacher.ckpt"
     reusable = cfg.teacher.get("reuse", True) and not cfg.trainer.get("fast_dev_run")
     shared = reusable and resume_from is None  # reads or writes the shared teacher cache

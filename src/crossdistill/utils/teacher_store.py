@@ -23,17 +23,24 @@ from crossdistill.validation import check_checkpoint_file, teacher_checkpoint
 log = logging.getLogger(__name__)
 
 
-def teacher_key(cfg: DictConfig, data_fingerprint: str | None = None) -> str:
+def teacher_key(
+    cfg: DictConfig, data_fingerprint: str | None = None, config_in_files: tuple[str, ...] = ()
+) -> str:
     """Hash of the resolved data + teacher config (minus ``ckpt_path``/``reuse``, the
     feature-cache switches and ``keep_channels``, which do not change the trained teacher)
     + seed + precision + the fingerprint of the data files
     (:func:`crossdistill.builders.data_fingerprint`), so a changed input file selects another
-    teacher."""
+    teacher. ``config_in_files``: data keys (e.g. ``generator``) whose whole effect on the
+    teacher stage is in those files; left out when there is a fingerprint."""
     teacher = OmegaConf.to_container(cfg.teacher, resolve=True)
     for k in ("ckpt_path", "reuse", "cache_features", "cache_dir", "keep_channels"):
         teacher.pop(k, None)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    if data_fingerprint is not None:
+        for k in config_in_files:
+            data.pop(k, None)
     payload = {
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "data": data,
         "teacher": teacher,
         "seed": cfg.seed,
         "precision": str(cfg.trainer.get("precision")),

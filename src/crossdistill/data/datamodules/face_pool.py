@@ -156,8 +156,14 @@ class TeacherPoolDataModule(PairedDataModule, VerificationData):
     def teacher_input_fixed_per_index(self) -> bool:
         return True
 
+    # the generator's parameters act on the teacher stage only through the files fingerprinted
+    # below: the teacher key leaves them out, so e.g. every gamma shares one teacher
+    config_in_files = ("generator",)
+
     def input_paths(self) -> list[Path]:
-        return self.paired.input_paths()  # the built-in data root holds the pool too
+        """The files the teacher stage reads: the pool's faces, the paired faces, the split
+        and trial lists (the paired speakers' audio, and with it gamma, is not among them)."""
+        return self.paired.teacher_stage_input_paths()
 
     def dataset(self, split: Split) -> Dataset:
         return self.pool if split == "train" else self.paired.dataset(split)

@@ -498,6 +498,17 @@ class FaceVoiceDataModule(PairedDataModule, VerificationData):
         listed = [*(self.split_files or {}).values(), self.val_trials_file, self.test_trials_file]
         return data + [_resolve(f, root) for f in listed if f is not None]
 
+    def teacher_stage_input_paths(self) -> list[Path]:
+        """What the pool teacher stage reads (built-in data): the pool's faces, the paired
+        faces, split and trial lists; the identity files only for oracle inputs (they hold
+        the voice factors too). Not the audio: the teacher never sees it."""
+        root = self._data_root()
+        paths = [root / TEACHER_FACES, root / "faces", root / "splits",
+                 *(root / f"trials_{s}.txt" for s in ("val", "test"))]
+        if self.teacher_input == "oracle_factors":
+            paths += [root / IDENTITIES, root / TEACHER_IDENTITIES]
+        return [p for p in paths if p.exists()]
+
 
 def _face_factors(path: Path) -> dict[str, list[float]]:
     """Identity -> true face factors, from the generator's identity file."""

@@ -5,7 +5,9 @@ n_face_only`` face factors ``f`` (standard normal). Its voice carries ``d =
 n_voice_factors`` factors: the first ``n_shared = round(gamma * d)`` are *copies* of face
 factors ``f[:n_shared]``, the rest are voice-only (standard normal). ``gamma = 0``: the
 face says nothing about the voice (negative control); ``gamma = 1``: the voice is a
-function of the face (positive control). The face model is the same for every gamma.
+function of the face (positive control). The face model is the same for every gamma, and
+so are the face images of a data seed (drawn from their own stream): a teacher trained on
+the face pool is shared by every gamma.
 
 Face attributes (:data:`FACE_ATTRS`: geometry and colours) are ``tanh(W_face f)``, voice
 attributes (:data:`VOICE_ATTRS`) ``tanh(W_voice v)``; ``W_face`` / ``W_voice`` are random
@@ -69,7 +71,7 @@ from crossdistill.data.readers.voxceleb.trials import make_trials, write_trials
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: faces drawn apart from the audio (the same for every gamma)
 MANIFEST = "manifest.json"
 IDENTITIES = "identities.json"
 TEACHER_IDENTITIES = "teacher_identities.json"
@@ -324,7 +326,9 @@ def _write_paired(
     utts_by_id: dict[str, list[str]] = {}
     for i, ident in enumerate(idents):
         name = ident["identity"]
-        rng = np.random.default_rng([cfg.seed, 2, i])
+        # faces and audio from their own streams: the faces never depend on the voice (gamma)
+        face_rng = np.random.default_rng([cfg.seed, 2, i, 0])
+        rng = np.random.default_rng([cfg.seed, 2, i, 1])
         vp = voice_params(ident["voice"])
         for v in range(cfg.videos_per_identity):
             video = f"vid{v:02d}"
@@ -334,7 +338,7 @@ def _write_paired(
             wav_dir.mkdir(parents=True)
             face_dir.mkdir(parents=True)
             for k in range(cfg.frames_per_video):
-                _save_face(face_dir / f"{k + 1:04d}.png", ident["face"], cfg, rng)
+                _save_face(face_dir / f"{k + 1:04d}.png", ident["face"], cfg, face_rng)
             for u in range(cfg.utterances_per_video):
                 dur = float(rng.uniform(cfg.utt_seconds_min, cfg.utt_seconds_max))
                 wave = synth_utterance(
