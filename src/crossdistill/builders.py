@@ -281,8 +281,7 @@ def teacher_cache_key(cfg: DictConfig, datamodule: PairedDataModule) -> str:
     over the data the teacher trains on (:func:`teacher_stage_data`): its files'
     fingerprint, and without the data keys that act only through those files."""
     data = teacher_stage_data(datamodule)
-    return teacher_store.teacher_key(cfg, data_fingerprint(cfg, data),
-                                     tuple(getattr(data, "config_in_files", ())))
+    return teacher_store.teacher_key(cfg, data_fingerprint(cfg, data), data.config_in_files)
 
 
 def build_teacher_cache(

@@ -132,7 +132,7 @@ def run_spec(
             print(f"[{i}/{len(cells)}] {where}: already finished in {sweep_dir}", flush=True)
         else:
             todo.append((i, row, column, sweep_dir, where))
-    cells_at_once = min(jobs, len(todo)) if len(todo) > 1 else 1
+    cells_at_once = max(1, min(jobs, len(todo)))
     seeds_at_once = jobs if cells_at_once == 1 else 1
     printing = threading.Lock()
 

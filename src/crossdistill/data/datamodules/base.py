@@ -37,6 +37,10 @@ class PairedDataModule(pl.LightningDataModule, ABC):
         num_workers, pin_memory: DataLoader options of every split.
     """
 
+    #: data config keys (e.g. a generator's parameters) whose whole effect is in the files
+    #: of :meth:`input_paths`: the teacher cache key leaves them out (the fingerprint has them)
+    config_in_files: tuple[str, ...] = ()
+
     def __init__(
         self,
         batch_size: int,

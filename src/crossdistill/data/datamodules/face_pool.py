@@ -156,8 +156,8 @@ class TeacherPoolDataModule(PairedDataModule, VerificationData):
     def teacher_input_fixed_per_index(self) -> bool:
         return True
 
-    # the generator's parameters act on the teacher stage only through the files fingerprinted
-    # below: the teacher key leaves them out, so e.g. every gamma shares one teacher
+    # the generator's parameters act on the teacher stage only through the files of
+    # input_paths: the teacher key leaves them out, so e.g. every gamma shares one teacher
     config_in_files = ("generator",)
 
     def input_paths(self) -> list[Path]:
