@@ -142,6 +142,9 @@ def test_runner_runs_each_cell_as_one_multirun_and_writes_the_table(tmp_path, mo
                                                  "data.overlap=0"]
     assert "seed=0,1,2" in first and "paths.data_dir=/x" in first
     assert not any("hydra/launcher=joblib" in c for c in commands)
+    # cells side by side start on different seeds (each trains its own seed's teacher)
+    orders = sorted(next(a for a in c if a.startswith("seed=")) for c in commands)
+    assert orders == ["seed=0,1,2", "seed=0,1,2", "seed=1,2,0", "seed=2,0,1"]
     text = (out / "table.md").read_text()
     assert "| row | test/acc ↑ (γ=0) | test/acc ↑ (γ=1) |" in text
     assert "| no KD (baseline) | 0.650 ± 0.150 (n=3) | 0.600 ± 0.000 (n=3) |" in text

@@ -36,13 +36,20 @@ QUIET = ["print_config=false", "callbacks.progress_bar=null", "+trainer.enable_p
 
 def train_command(
     spec: TableSpec, row: Row, column: Column, sweep_dir: Path, jobs: int,
-    extra: Sequence[str] = (),
+    extra: Sequence[str] = (), seed_offset: int = 0,
 ) -> list[str]:
-    """The ``crossdistill-train -m`` command of one (row, column) over the seeds."""
+    """The ``crossdistill-train -m`` command of one (row, column) over the seeds.
+
+    ``seed_offset`` rotates the order the seeds run in (not which seeds run): cells running
+    side by side then start on different seeds, so each trains the teacher of its own seed
+    instead of waiting for the other's (teacher lock).
+    """
+    start = seed_offset % len(spec.seeds)
+    seeds = [*spec.seeds[start:], *spec.seeds[:start]]
     cmd = [
         sys.executable, "-m", "crossdistill.train", "-m",
         *row.train_overrides, *column.overrides, *spec.overrides, *extra,
-        "seed=" + ",".join(str(s) for s in spec.seeds),
+        "seed=" + ",".join(str(s) for s in seeds),
         f"hydra.sweep.dir={sweep_dir}",
         "hydra.callbacks.multirun_table.enabled=false",  # the runner prints the whole table
     ]
@@ -136,9 +143,11 @@ def run_spec(
     seeds_at_once = jobs if cells_at_once == 1 else 1
     printing = threading.Lock()
 
-    def run_cell(i: int, row: Row, column: Column, sweep_dir: Path, where: str) -> bool:
+    def run_cell(
+        k: int, i: int, row: Row, column: Column, sweep_dir: Path, where: str
+    ) -> bool:
         log = logs / (sweep_dir.relative_to(table_dir).as_posix().replace("/", "__") + ".log")
-        cmd = train_command(spec, row, column, sweep_dir, seeds_at_once, extra)
+        cmd = train_command(spec, row, column, sweep_dir, seeds_at_once, extra, seed_offset=k)
         t0 = time.time()
         with open(log, "w") as fh:
             fh.write(" ".join(cmd) + "\n\n")
@@ -153,7 +162,8 @@ def run_spec(
         return ok
 
     with ThreadPoolExecutor(max_workers=cells_at_once) as pool:
-        all_ok = all(list(pool.map(lambda cell: run_cell(*cell), todo)))
+        started = [pool.submit(run_cell, k, *cell) for k, cell in enumerate(todo)]
+        all_ok = all([future.result() for future in started])
     text = write_all(load_table([table_dir]), table_dir)
     if out is None:
         _point_latest(table_dir)
