@@ -15,7 +15,7 @@ from crossdistill.tables.cli import main
 from crossdistill.tables.collect import find_runs, parse_override
 from crossdistill.tables.render import markdown, write_all
 from crossdistill.tables.stats import better_direction, summarize
-from crossdistill.tables.table import group_runs
+from crossdistill.tables.table import Metric, group_runs
 
 T_975_DF2 = 4.302653  # Student t, 97.5 % quantile, 2 degrees of freedom (printed tables)
 
@@ -168,3 +168,22 @@ def test_cli_prints_and_writes_into_the_sweep_dir(sweep: Path, capsys):
         capsys.readouterr().err
     )
     assert main([str(sweep / "missing")]) == 2
+
+
+def test_a_metric_with_a_chance_level_is_tested_against_it_by_hand(sweep: Path):
+    table = load_table([sweep])
+    table.metrics = [Metric("test/acc", chance=0.6), Metric("test/loss")]
+    text = markdown(table)
+    # none - 0.6: -0.10, +0.20, +0.05 -> mean 0.05, sample std 0.15,
+    # half-width t(0.975, 2) * 0.15 / sqrt(3) = 0.3726 -> [-0.323, +0.423]
+    half = T_975_DF2 * 0.15 / math.sqrt(3)
+    diff = table.above_chance("distill=none", "", table.metrics[0])
+    assert diff.mean == pytest.approx(0.05)
+    assert (diff.low, diff.high) == pytest.approx((0.05 - half, 0.05 + half), abs=1e-6)
+    assert "test/acc above chance (0.6)" in text
+    assert "| distill=none | +0.050 [-0.323, +0.423] (n=3), not resolved |" in text
+    # chance 0: every seed is above it by its value (0.65 ± 0.3726): resolved
+    table.metrics = [Metric("test/acc", chance=0.0)]
+    assert "| distill=none | +0.650 [+0.277, +1.023] (n=3), resolved |" in markdown(table)
+    assert table.above_chance("distill=none", "", Metric("test/loss")) is None
+    assert "above chance" not in markdown(load_table([sweep]))

@@ -13,7 +13,13 @@ import yaml
 
 from crossdistill.tables import runner
 from crossdistill.tables.cli import main
-from crossdistill.tables.spec import available_specs, load_spec, parse_spec, slug
+from crossdistill.tables.spec import (
+    available_specs,
+    load_spec,
+    parse_spec,
+    slug,
+    spec_to_dict,
+)
 from crossdistill.utils.config import compose_config
 from test_tables import write_run
 
@@ -26,6 +32,9 @@ def test_shipped_specs_parse_and_their_quick_parts_apply():
         "face_voice/no_kd", "face_voice/hard_l2", "face_voice/kd"]
     keys = [m.key for m in c2kd.metrics]
     assert {"test/eer_snr10", "test/eer_snr0", "teacher/test/eer"} <= set(keys)
+    chances = {m.key: m.chance for m in c2kd.metrics}
+    assert (chances["test/match_1of2"], chances["test/match_1of5"]) == (0.5, 0.2)
+    assert parse_spec(spec_to_dict(c2kd)).metrics == c2kd.metrics  # what a table dir keeps
     quick = load_spec("c2kd", quick=True)
     assert quick.seeds == (0,) and "trainer.max_epochs=3" in quick.overrides
     text = load_spec("text_image", quick=True)
@@ -75,6 +84,8 @@ def test_text_image_columns_match_the_optimiser_steps_of_the_full_data():
         ({"paired_metrics": ["test/eer"]}, "paired_metrics ['test/eer'] are not among metrics"),
         ({"rows": {"A": {"experimnt": "x"}}}, "rows.A: expected a mapping with keys"),
         ({"metrics": [{"key": "test/acc", "scael": 1}]}, "unknown key(s) ['scael']"),
+        ({"metrics": [{"key": "test/acc", "chance": "half"}]},
+         "chance of test/acc must be a number, got 'half'"),
     ],
 )
 def test_bad_specs_fail_naming_the_key(change, message):

@@ -83,6 +83,7 @@ def markdown(table: Table) -> str:
             body.append([row, *cells])
         lines += _md_table(head, body)
         lines += _contrast_lines(table, paired)
+    lines += _chance_lines(table)
     failed = table.failed_runs()
     if failed:
         lines += ["", f"Failed or unfinished runs (no metrics.json, left out): {len(failed)}"]
@@ -139,6 +140,27 @@ def _contrast_lines(table: Table, paired: list[Metric]) -> list[str]:
             cells.append(diff.format(m.scale, m.digits) if diff else "—")
         body.append([row, *cells])
     return lines + _md_table(head, body)
+
+
+def _chance_lines(table: Table) -> list[str]:
+    """Metrics with a ``chance`` level: each cell minus that level, one-sample t interval."""
+    lines: list[str] = []
+    for metric in (m for m in table.metrics if m.chance is not None):
+        body = []
+        for row in table.rows:
+            diffs = [table.above_chance(row, c, metric) for c in table.columns]
+            if any(diffs):
+                body.append([row, *(d.format(metric.scale, metric.digits) if d else "—"
+                                    for d in diffs)])
+        if not body:
+            continue
+        chance = f"{metric.chance * metric.scale:g}"
+        lines += ["", f"{metric.header} above chance ({chance}): the cell minus {chance} per "
+                  "seed, mean with its 95 % Student-t interval over the seeds; \"not "
+                  "resolved\" = the interval contains 0.", ""]
+        lines += _md_table(["row", *(f"{metric.header} − chance ({c})" if c else
+                                     f"{metric.header} − chance" for c in table.columns)], body)
+    return lines
 
 
 def _fmt(value: float) -> str:

@@ -42,7 +42,7 @@ KEYS = {
     "paired_bootstrap",
 }
 ROW_KEYS = {"experiment", "overrides"}
-METRIC_KEYS = {"key", "label", "scale", "digits"}
+METRIC_KEYS = {"key", "label", "scale", "digits", "chance"}
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,12 @@ def _metric(entry: Any, source: str) -> Metric:
     if unknown:
         raise _fail(source, f"metrics: unknown key(s) {sorted(unknown)}; valid: "
                     f"{sorted(METRIC_KEYS)}")
+    chance = entry.get("chance")
+    if chance is not None and (isinstance(chance, bool) or not isinstance(chance, int | float)):
+        raise _fail(source, f"metrics: chance of {entry['key']} must be a number, got {chance!r}")
     return Metric(str(entry["key"]), str(entry.get("label", "")),
-                  float(entry.get("scale", 1.0)), int(entry.get("digits", 3)))
+                  float(entry.get("scale", 1.0)), int(entry.get("digits", 3)),
+                  None if chance is None else float(chance))
 
 
 def apply_quick(data: dict[str, Any], source: str = "spec") -> dict[str, Any]:
@@ -270,7 +274,8 @@ def spec_to_dict(spec: TableSpec) -> dict[str, Any]:
         "baseline": spec.baseline,
         "seeds": list(spec.seeds),
         "metrics": [
-            {"key": m.key, "label": m.label, "scale": m.scale, "digits": m.digits}
+            {"key": m.key, "label": m.label, "scale": m.scale, "digits": m.digits,
+             **({"chance": m.chance} if m.chance is not None else {})}
             for m in spec.metrics
         ],
         "jobs": spec.jobs,

@@ -30,6 +30,7 @@ class Metric:
     label: str = ""
     scale: float = 1.0
     digits: int = 3
+    chance: float | None = None  # the value of guessing: the table tests each cell against it
 
     @property
     def header(self) -> str:
@@ -90,6 +91,17 @@ class Table:
         return paired_difference(
             self.by_seed(row, column, metric), self.by_seed(self.baseline, column, metric)
         )
+
+    def above_chance(self, row: str, column: str, metric: Metric) -> PairedDifference | None:
+        """``value - metric.chance`` per seed, mean with its 95 % t interval over the seeds
+        (a one-sample test: is the cell above the guessing level?); ``None`` without a
+        chance level or values."""
+        if metric.chance is None:
+            return None
+        values = self.by_seed(row, column, metric.key)
+        if not values:
+            return None
+        return paired_difference(values, dict.fromkeys(values, metric.chance))
 
     def contrast(self, row: str, metric: str) -> PairedDifference | None:
         """How the paired difference changes between the two ``column_contrast`` columns:
