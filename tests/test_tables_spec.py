@@ -222,11 +222,13 @@ def test_runner_end_to_end_cells_in_parallel_share_each_teacher(tmp_path, capsys
     text = (out / "table.md").read_text()
     assert "| no KD (baseline) |" in text and "(n=2)" in text
     assert "| row | Δ test/acc ↑ |" in text  # the teacher metric is not paired by default
-    sources = {row: [json.loads((out / row / str(job) / "teacher" / "source.json")
-                                .read_text())["source"] for job in (0, 1)]
-               for row in ("kd", "kd_t_2")}
-    for job in (0, 1):
-        trained = [row for row in sources if sources[row][job] == "trained in this run"]
+    sources = {  # by seed: the two cells run their seeds in different orders
+        row: {yaml.safe_load((job / "config.yaml").read_text())["seed"]:
+              json.loads((job / "teacher" / "source.json").read_text())["source"]
+              for job in (out / row / "0", out / row / "1")}
+        for row in ("kd", "kd_t_2")}
+    for seed in (0, 1):
+        trained = [row for row in sources if sources[row][seed] == "trained in this run"]
         assert len(trained) == 1, sources  # the other row reused the cached teacher
     lone = tmp_path / "lone"
     assert main(["run", str(spec_file), "--out", str(lone), f"paths.log_dir={tmp_path}",
