@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from conftest import run_on_one_and_two_processes
+from crossdistill.metrics.predictions import load_predictions, predictions_path
 
 REPO = Path(__file__).resolve().parents[1]
 # MFH exp1 (linear teacher + student, CE + KD) cut to 20 epochs; n_train = 200, so a
@@ -153,6 +154,17 @@ def test_two_ranks_reach_the_plain_one_process_metrics(mfh_runs):
         assert abs(one[f"{split}/acc"] - two[f"{split}/acc"]) <= 0.03, (split, one, two)
         assert abs(one[f"{split}/loss"] - two[f"{split}/loss"]) <= 0.02, (split, one, two)
     assert two["test/acc"] > 0.7  # it learned (chance: 0.5)
+
+
+@pytest.mark.slow
+def test_two_ranks_save_every_test_prediction_once(mfh_runs):
+    """Each rank predicts its share of the test set; rank 0 gathers them into one file
+    whose accuracy is the logged one (the tables' sample bootstrap reads it)."""
+    for name in ("ddp2", "cpu"):
+        saved = load_predictions(predictions_path(mfh_runs[name]["run"], "test"))
+        assert saved.index.tolist() == list(range(len(saved.index))) and len(saved.index) > 100
+        logged = mfh_runs[name]["student"]["test/acc"]
+        assert saved.correct(1).mean() == pytest.approx(logged, abs=1e-6), name
 
 
 @pytest.mark.slow

@@ -151,7 +151,7 @@ def test_spec_errors_name_the_key_and_value():
         parse(metrics=["test/acc"])
     with pytest.raises(ValueError, match="'test/id_acc' is not a verification metric"):
         parse(metrics=["test/id_acc"])
-    with pytest.raises(ValueError, match=r"unit 'trial'; valid: \['speaker'\]"):
+    with pytest.raises(ValueError, match=r"unit 'trial'; valid: \['speaker', 'sample'\]"):
         parse(metrics=["test/eer"], unit="trial")
     with pytest.raises(ValueError, match="draws must be an integer >= 1, got 0"):
         parse(metrics=["test/eer"], draws=0)

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from conftest import TINY_TEXT_IMAGE
 from crossdistill.data.generators.synth_captions import generate_synth_captions
+from crossdistill.metrics.predictions import load_predictions, predictions_path
 from crossdistill.models.heads import ProjectionHead
 from crossdistill.modules import DistillModule, StudentModule
 from crossdistill.train import train
@@ -169,5 +170,11 @@ def test_distillation_trains_and_loss_decreases(compose_cfg, capsys):
     assert summary["checkpoint"] and Path(summary["checkpoint"]).exists()
     assert 0.0 <= summary["student"]["test/acc"] <= 1.0
     assert summary["teacher"]["test/acc"] > 1 / 3  # the text teacher learned something
+    # every test image's prediction is saved and gives the logged accuracies (the tables'
+    # sample bootstrap reads them)
+    saved = load_predictions(predictions_path(run, "test"))
+    assert saved.index.tolist() == list(range(12))  # 3 classes x 4 test images
+    for key, k in (("test/acc", 1), ("test/acc_top3", 3)):
+        assert saved.correct(k).mean() == pytest.approx(summary["student"][key], abs=1e-6)
     cached = list(Path(cfg.paths.teacher_cache_dir).glob("*/teacher.ckpt"))
     assert len(cached) == 1  # a real run caches its teacher for the other rows

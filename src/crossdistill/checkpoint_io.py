@@ -4,22 +4,23 @@ under a checkpoint's name."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
-def save_atomically(obj: Any, path: str | Path) -> None:
-    """``torch.save`` into a temporary file beside ``path``, fsync it, rename it over
-    ``path`` and fsync the folder: ``path`` is the old or the new file, never a part."""
+def write_atomically(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """``write`` into a temporary file beside ``path``, fsync it, rename it over ``path``
+    and fsync the folder: ``path`` is the old or the new file, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
@@ -30,6 +31,12 @@ def save_atomically(obj: Any, path: str | Path) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+    return path
+
+
+def save_atomically(obj: Any, path: str | Path) -> None:
+    """``torch.save`` of ``obj`` to ``path`` by :func:`write_atomically`."""
+    write_atomically(path, lambda file: torch.save(obj, file))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -291,7 +291,7 @@ class MetricDraws:
     draws: dict[str, np.ndarray]
 
 
-def _seed_for(key: str, seed: int) -> np.random.Generator:
+def seeded_for(key: str, seed: int) -> np.random.Generator:
     """The draws of a trial list depend on the list and the seed only (not on the order
     in which runs are bootstrapped), so two rows on the same list get the same draws."""
     return np.random.default_rng([seed, int(key, 16)])
@@ -311,7 +311,7 @@ def bootstrap_runs(
         groups.setdefault(run.trials.key, []).append(name)
     for key, names in groups.items():
         trials = runs[names[0]].trials
-        multiplicities = draw_speakers(len(trials.speakers), draws, _seed_for(key, seed))
+        multiplicities = draw_speakers(len(trials.speakers), draws, seeded_for(key, seed))
         ordered = {n: SortedTrials.of(runs[n].scores, trials.label) for n in names}
         results = {n: {"eer": np.empty(draws), "min_dcf": np.empty(draws)} for n in names}
         block = max(1, BLOCK_BYTES // (4 * max(1, len(trials.label))))
@@ -356,6 +356,8 @@ class BootstrapDifference(PairedDifference):
 
     speakers: int = 0
     draws: int = 0
+    #: what ``speakers`` counts, as the cell names it (``spk``; ``samples`` for accuracies)
+    unit: str = "spk"
 
     @property
     def resolved(self) -> bool:
@@ -369,7 +371,8 @@ class BootstrapDifference(PairedDifference):
         verdict = "resolved" if self.resolved else "not resolved"
         return (
             f"{self.mean * scale:+.{digits}f} [{self.low * scale:+.{digits}f}, "
-            f"{self.high * scale:+.{digits}f}] (n={self.n}, {self.speakers} spk), {verdict}"
+            f"{self.high * scale:+.{digits}f}] (n={self.n}, {self.speakers} {self.unit}), "
+            f"{verdict}"
         )
 
 
@@ -380,13 +383,14 @@ def paired_bootstrap(
     speakers: int,
     confidence: float = 0.95,
     seed: int = 0,
+    unit: str = "spk",
 ) -> BootstrapDifference:
     """``method - baseline`` over the seeds both have: the mean of the per-seed point
     differences and the percentile interval, over the draws, of the mean over resampled
     seeds of the per-draw differences (the seeds' draws must be paired: same lists)."""
     seeds = sorted(set(method) & set(baseline))
     if not seeds:
-        return BootstrapDifference(math.nan, math.nan, math.nan, 0, speakers, 0)
+        return BootstrapDifference(math.nan, math.nan, math.nan, 0, speakers, 0, unit)
     point = float(np.mean([method[s].point[metric] - baseline[s].point[metric] for s in seeds]))
     diffs = np.stack([method[s].draws[metric] - baseline[s].draws[metric] for s in seeds])
     n_seeds, n_draws = diffs.shape
@@ -394,7 +398,9 @@ def paired_bootstrap(
     stat = diffs[picks, np.arange(n_draws)[:, None]].mean(axis=1)
     stat = stat[np.isfinite(stat)]
     if stat.size == 0:
-        return BootstrapDifference(point, math.nan, math.nan, len(seeds), speakers, 0)
+        return BootstrapDifference(point, math.nan, math.nan, len(seeds), speakers, 0, unit)
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(stat, [tail, 100 - tail])
-    return BootstrapDifference(point, float(low), float(high), len(seeds), speakers, stat.size)
+    return BootstrapDifference(
+        point, float(low), float(high), len(seeds), speakers, stat.size, unit
+    )

@@ -17,14 +17,14 @@ equal the logged ``<split>/eer<_pass>`` and ``<split>/min_dcf<_pass>`` exactly.
 
 from __future__ import annotations
 
-import io
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from crossdistill.checkpoint_io import write_atomically
 
 SCORES_DIR = "scores"  # under the run dir
 CLEAN = ""  # the pass name of the clean scores (array ``score``)
@@ -103,16 +103,7 @@ def write_trial_scores(
     }
     for name, values in scores.items():
         arrays[f"score_{name}" if name else "score"] = np.asarray(values, dtype=np.float64)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda file: np.savez_compressed(file, **arrays))
 
 
 def load_trial_scores(path: str | Path) -> TrialScores:

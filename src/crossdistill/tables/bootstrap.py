@@ -1,11 +1,14 @@
-"""Paired differences of verification metrics bootstrapped over test speakers and seeds
-(the spec key ``paired_bootstrap``; docs/tables.md, "Speaker bootstrap").
+"""Paired differences bootstrapped over test units and seeds (the spec key
+``paired_bootstrap``; docs/tables.md, "Speaker bootstrap").
 
-The runs' saved trial scores (``<run dir>/scores/<split>.npz``,
-:mod:`crossdistill.metrics.trial_scores`) are bootstrapped by
-:mod:`crossdistill.analysis.speaker_bootstrap`. A cell whose runs have no usable scores
-(none saved, or scores that do not give the run's logged metric) keeps the t interval
-over seeds, and the table says so in a note.
+``unit: speaker``: verification metrics from the runs' saved trial scores
+(``<run dir>/scores/<split>.npz``, :mod:`crossdistill.metrics.trial_scores`), resampled
+by :mod:`crossdistill.analysis.speaker_bootstrap`. ``unit: sample``: accuracies from the
+runs' saved predictions (``<run dir>/predictions/<split>.npz``,
+:mod:`crossdistill.metrics.predictions`), resampled by
+:mod:`crossdistill.analysis.sample_bootstrap`. A cell whose runs have no usable saved
+file (none saved, or one that does not give the run's logged metric) keeps the t
+interval over seeds, and the table says so in a note.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crossdistill.analysis.sample_bootstrap import (
+    SampleRun,
+    bootstrap_accuracies,
+    sample_list_key,
+)
 from crossdistill.analysis.speaker_bootstrap import (
     BootstrapDifference,
     MetricDraws,
@@ -22,6 +30,12 @@ from crossdistill.analysis.speaker_bootstrap import (
     TrialList,
     bootstrap_runs,
     paired_bootstrap,
+)
+from crossdistill.metrics.predictions import (
+    Predictions,
+    load_predictions,
+    parse_accuracy_metric,
+    predictions_path,
 )
 from crossdistill.metrics.trial_scores import (
     TrialScores,
@@ -35,7 +49,19 @@ if TYPE_CHECKING:
     from crossdistill.tables.table import Table
 
 BOOTSTRAP_KEYS = {"metrics", "unit", "draws", "seed", "confidence"}
-UNITS = ("speaker",)
+UNITS = ("speaker", "sample")
+#: how a cell names its unit count: ``(n=3, 300 spk)``
+UNIT_LABELS = {"speaker": "spk", "sample": "samples"}
+
+
+def parse_unit_metric(unit: str, metric: str) -> tuple[str, str, str]:
+    """``(split, kind, pass)`` of a bootstrapped metric: ``test/eer_snr10`` ->
+    ``("test", "eer", "snr10")`` (speakers), ``test/acc_top5`` -> ``("test", "top5", "")``
+    (samples). A metric the unit cannot bootstrap raises."""
+    if unit == "sample":
+        split, k = parse_accuracy_metric(metric)
+        return split, f"top{k}", ""
+    return parse_metric(metric)
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,17 @@ class BootstrapSpec:
 
     def rule(self) -> str:
         """How the interval was computed (the table's footnote)."""
+        if self.unit == "sample":
+            return (
+                f"{self.confidence * 100:g} % percentile interval of {self.draws} bootstrap "
+                f"draws (seed {self.seed}); each draw resamples the test samples with "
+                "replacement (the same draw for every run tested on the same samples) and "
+                "the seeds (with replacement, the same seeds for both rows), and takes the "
+                "mean over the drawn seeds of row − baseline; the point is the mean of the "
+                "per-seed differences; samples = test samples per seed; with n=1 the "
+                "interval covers the samples only; a cell marked `t interval` had no usable "
+                "saved predictions (see the notes) and shows the t interval over seeds"
+            )
         return (
             f"{self.confidence * 100:g} % percentile interval of {self.draws} bootstrap draws "
             f"(seed {self.seed}); each draw resamples the test speakers with replacement (a "
@@ -97,13 +134,14 @@ def parse_bootstrap(data: Any, paired_keys: list[str], source: str) -> Bootstrap
                 f"{source}: paired_bootstrap.metrics: {metric!r} is not among the "
                 f"paired metrics {paired_keys}"
             )
-        try:
-            parse_metric(str(metric))
-        except ValueError as err:
-            raise ValueError(f"{source}: paired_bootstrap.metrics: {err}") from None
     unit = data.get("unit", "speaker")
     if unit not in UNITS:
         raise ValueError(f"{source}: paired_bootstrap.unit {unit!r}; valid: {list(UNITS)}")
+    for metric in metrics:
+        try:
+            parse_unit_metric(unit, str(metric))
+        except ValueError as err:
+            raise ValueError(f"{source}: paired_bootstrap.metrics (unit {unit}): {err}") from None
     draws, seed = data.get("draws", 2000), data.get("seed", 0)
     if not isinstance(draws, int) or draws < 1:
         raise ValueError(f"{source}: paired_bootstrap.draws must be an integer >= 1, got {draws!r}")
@@ -126,7 +164,8 @@ class TableBootstrap:
         self.table = table
         self.notes: list[str] = []
         self._draws: dict[tuple[Path, str], MetricDraws] | None = None
-        self._lists: dict[tuple[Path, str], TrialList] = {}
+        #: (run dir, split|pass) -> (key of the list tested on, speakers / samples in it)
+        self._lists: dict[tuple[Path, str], tuple[str, int]] = {}
         #: (run dir, metric) -> why that run's scores cannot be used for that metric
         self._unusable: dict[tuple[Path, str], str] = {}
         self._results: dict[tuple[str, str, str], BootstrapDifference | None] = {}
@@ -135,31 +174,40 @@ class TableBootstrap:
         if text not in self.notes:
             self.notes.append(text)
 
-    def _load(self, run: Run, split: str, cache: dict) -> tuple[TrialScores | None, str]:
-        """A run's saved scores of ``split`` (read once), or ``None`` and why not."""
+    def _load(self, run: Run, split: str, cache: dict) -> tuple[Any, str]:
+        """A run's saved scores (speakers) or predictions (samples) of ``split``, read
+        once, or ``None`` and why not."""
         if (run.path, split) not in cache:
-            path = scores_path(run.path, split)
+            if self.spec.unit == "sample":
+                path, what = predictions_path(run.path, split), "predictions"
+                load = load_predictions
+            else:
+                path, what, load = scores_path(run.path, split), "scores", load_trial_scores
             try:
-                found = (
-                    (load_trial_scores(path), "")
-                    if path.is_file()
-                    else (None, f"no saved scores {path}")
-                )
+                found = (load(path), "") if path.is_file() else (None, f"no saved {what} {path}")
             except (OSError, ValueError) as err:
-                found = (None, f"unreadable scores {path} ({err})")
+                found = (None, f"unreadable {what} {path} ({err})")
             cache[(run.path, split)] = found
         return cache[(run.path, split)]
 
+    def _finished_runs(self) -> list[Run]:
+        return [r for r in self.table.all_runs() if not r.failed and r.seed is not None]
+
     def _prepare(self) -> dict[tuple[Path, str], MetricDraws]:
         """Draws of every finished run for every bootstrapped metric's pass."""
-        if self._draws is not None:
-            return self._draws
+        if self._draws is None:
+            if self.spec.unit == "sample":
+                self._prepare_samples()
+            else:
+                self._prepare_speakers()
+            self._check_points()
+        return self._draws
+
+    def _prepare_speakers(self) -> None:
         files: dict[tuple[Path, str], tuple[TrialScores | None, str]] = {}
         inputs: dict[str, RunScores] = {}
         names: dict[str, tuple[Path, str]] = {}
-        for run in self.table.all_runs():
-            if run.failed or run.seed is None:
-                continue
+        for run in self._finished_runs():
             for metric in self.spec.metrics:
                 split, _, pass_name = parse_metric(metric)
                 scores, why = self._load(run, split, files)
@@ -184,25 +232,50 @@ class TableBootstrap:
                 names[key] = (run.path, f"{split}|{pass_name}")
         draws = bootstrap_runs(inputs, self.spec.draws, self.spec.seed)
         self._draws = {names[k]: v for k, v in draws.items()}
-        self._lists = {names[k]: v.trials for k, v in inputs.items()}
-        self._check_points()
-        return self._draws
+        self._lists = {
+            names[k]: (v.trials.key, len(v.trials.speakers)) for k, v in inputs.items()
+        }
+
+    def _prepare_samples(self) -> None:
+        files: dict[tuple[Path, str], tuple[Predictions | None, str]] = {}
+        inputs: dict[str, SampleRun] = {}
+        names: dict[str, tuple[Path, str]] = {}
+        for run in self._finished_runs():
+            for metric in self.spec.metrics:
+                split, kind, _ = parse_unit_metric("sample", metric)
+                found, why = self._load(run, split, files)
+                if found is not None and int(kind[3:]) > found.top.shape[1]:
+                    found, why = None, f"{found.path} holds the top {found.top.shape[1]} classes"
+                if found is None:
+                    self._unusable[(run.path, metric)] = why
+                    continue
+                key = f"{run.path}|{split}|"
+                if key not in inputs:
+                    inputs[key] = SampleRun(
+                        sample_list_key(found.index, found.label), len(found.index), {}
+                    )
+                inputs[key].correct[kind] = found.correct(int(kind[3:]))
+                names[key] = (run.path, f"{split}|")
+        draws = bootstrap_accuracies(inputs, self.spec.draws, self.spec.seed)
+        self._draws = {names[k]: v for k, v in draws.items()}
+        self._lists = {names[k]: (v.key, v.size) for k, v in inputs.items()}
 
     def _check_points(self) -> None:
-        """A run whose saved scores do not give its logged metric (re-tested with another
-        checkpoint?) is not bootstrapped."""
+        """A run whose saved scores / predictions do not give its logged metric
+        (re-tested with another checkpoint?) is not bootstrapped."""
         for run in self.table.all_runs():
             for metric in self.spec.metrics:
-                split, kind, pass_name = parse_metric(metric)
+                split, kind, pass_name = parse_unit_metric(self.spec.unit, metric)
                 found = self._draws.get((run.path, f"{split}|{pass_name}"))
                 logged = run.metrics.get(metric)
-                if found is None or logged is None:
+                if found is None or logged is None or kind not in found.point:
                     continue
                 recomputed = found.point[kind]
                 if not math.isclose(recomputed, logged, rel_tol=1e-6, abs_tol=1e-7):
+                    what = "predictions" if self.spec.unit == "sample" else "scores"
                     self._unusable[(run.path, metric)] = (
-                        f"its saved scores give {metric} = {recomputed:.6g}, metrics.json has "
-                        f"{logged:.6g} (scores of another test?)"
+                        f"its saved {what} give {metric} = {recomputed:.6g}, metrics.json has "
+                        f"{logged:.6g} ({what} of another test?)"
                     )
 
     def _runs_by_seed(self, row: str, column: str, metric: str) -> dict[int, Run]:
@@ -222,7 +295,7 @@ class TableBootstrap:
 
     def _compute(self, row: str, column: str, metric: str) -> BootstrapDifference | None:
         draws = self._prepare()
-        split, kind, pass_name = parse_metric(metric)
+        split, kind, pass_name = parse_unit_metric(self.spec.unit, metric)
         ours = self._runs_by_seed(row, column, metric)
         base = self._runs_by_seed(self.table.baseline, column, metric)
         seeds = sorted(ours.keys() & base.keys())
@@ -239,22 +312,23 @@ class TableBootstrap:
                         f"run {run.path}: {why or 'no scores'}"
                     )
                     return None
-            if (
-                self._lists[(ours[seed].path, pass_key)].key
-                != self._lists[(base[seed].path, pass_key)].key
-            ):
+            if self._lists[(ours[seed].path, pass_key)][0] != self._lists[
+                (base[seed].path, pass_key)
+            ][0]:
+                tested_on = "test samples" if self.spec.unit == "sample" else "trial lists"
                 self._note(
                     f"{where}, {metric}: t interval over seeds, not the bootstrap: seed "
                     f"{seed} of the row and of the baseline were tested on different "
-                    "trial lists"
+                    f"{tested_on}"
                 )
                 return None
-        speakers = min(len(self._lists[(ours[s].path, pass_key)].speakers) for s in seeds)
+        units = min(self._lists[(ours[s].path, pass_key)][1] for s in seeds)
         return paired_bootstrap(
             {s: draws[(ours[s].path, pass_key)] for s in seeds},
             {s: draws[(base[s].path, pass_key)] for s in seeds},
             kind,
-            speakers,
+            units,
             self.spec.confidence,
             self.spec.seed,
+            unit=UNIT_LABELS[self.spec.unit],
         )
