@@ -195,3 +195,30 @@ def test_both_stages_log_the_resolved_config_to_every_logger(tiny_face_voice, mo
     for run in runs.values():
         assert run["config"]["distill"]["feature_margin"]["weight"] == 0.7
         assert run["config"]["paths"]["output_dir"] == str(run_dir)
+
+
+def test_resumed_tensorboard_drops_the_events_after_the_checkpoint(tmp_path):
+    """A stage resumed from a checkpoint of step 5 re-logs steps 5.. ; TensorBoard must
+    show the new values there, not both (its reader purges on the writer's purge_step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from crossdistill.builders import build_loggers
+
+    node = {"_target_": "pytorch_lightning.loggers.TensorBoardLogger",
+            "save_dir": str(tmp_path / "tb"), "name": None, "version": ""}  # fmt: skip
+    cfg = OmegaConf.create(
+        {"task_name": "t", "paths": {"output_dir": str(tmp_path)}, "logger": {"tb": node}}
+    )
+    (first,) = build_loggers(cfg)
+    for step in range(10):  # the killed attempt got to step 9
+        first.log_metrics({"loss": float(step)}, step=step)
+    first.finalize("success")
+    assert "purge_step" not in stage_overrides(cfg, cfg.logger.tb, "student")
+    (resumed,) = build_loggers(cfg, resume_step=5)
+    for step in range(5, 8):
+        resumed.log_metrics({"loss": 100.0 + step}, step=step)
+    resumed.finalize("success")
+    events = EventAccumulator(str(tmp_path / "tb"), purge_orphaned_data=True)
+    events.Reload()
+    seen = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert seen == [(s, float(s)) for s in range(5)] + [(s, 100.0 + s) for s in range(5, 8)]

@@ -335,9 +335,13 @@ def wandb_available() -> bool:
     return netrc.exists() and "api.wandb.ai" in netrc.read_text()
 
 
-def build_loggers(cfg: DictConfig, stage: str = STUDENT) -> list[Logger]:
+def build_loggers(
+    cfg: DictConfig, stage: str = STUDENT, resume_step: int | None = None
+) -> list[Logger]:
     """The ``logger`` nodes of ``cfg`` for ``stage`` ('student' or 'teacher'); the teacher
-    stage writes under ``<run dir>/teacher`` and its own W&B run (``utils.loggers``)."""
+    stage writes under ``<run dir>/teacher`` and its own W&B run (``utils.loggers``).
+    ``resume_step``: the stage resumes from a checkpoint saved at that step, so TensorBoard
+    gets ``purge_step`` (its reader then drops the events the kill made obsolete)."""
     loggers: list[Logger] = []
     for name, node in (cfg.get("logger") or {}).items():
         if not is_enabled(node):
@@ -346,7 +350,8 @@ def build_loggers(cfg: DictConfig, stage: str = STUDENT) -> list[Logger]:
             log.warning("no wandb key found: logging to wandb in offline mode (sync later)")
             os.environ["WANDB_MODE"] = "offline"
         log.info("logger (%s stage): %s", stage, name)
-        loggers.append(hydra.utils.instantiate(node, **stage_overrides(cfg, node, stage)))
+        overrides = stage_overrides(cfg, node, stage, resume_step)
+        loggers.append(hydra.utils.instantiate(node, **overrides))
     return loggers
 
 

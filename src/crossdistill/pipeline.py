@@ -21,7 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.seed import isolate_rng
 
 from crossdistill import builders
@@ -63,16 +63,19 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def _continue_logs(loggers: list, checkpoint: str) -> None:
-    """File loggers continue their files when a stage resumes from ``checkpoint``; what
-    they logged after it (the work a kill lost, done again now) is dropped: CSV rows from
-    ``metrics.csv`` now, TensorBoard events when its writer opens (``purge_step``)."""
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False).get("global_step")
-    if step is None:
-        return
+def checkpoint_step(checkpoint: str | Path) -> int | None:
+    """The ``global_step`` saved in a Lightning checkpoint (memory-mapped: the weights are
+    not read)."""
+    return torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get(
+        "global_step"
+    )
+
+
+def _continue_csv_logs(loggers: list, step: int) -> None:
+    """CSV loggers continue ``metrics.csv`` when a stage resumes at ``step``; the rows
+    logged after it (the work a kill lost, done again now) are dropped. (TensorBoard drops
+    its events by ``purge_step``, given when it is built.)"""
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger._kwargs["purge_step"] = step  # SummaryWriter kwargs; the writer is lazy
         if not isinstance(logger, CSVLogger):
             continue
         metrics_file = Path(logger.log_dir) / "metrics.csv"
@@ -106,17 +109,20 @@ def fit_and_test(
     The stage logs to the configured loggers (``builders.build_loggers(cfg, stage)``), the
     resolved config as their hyperparameters; its W&B run ends with the stage. Checkpoints
     are written atomically and carry the random-generator states."""
+    resume_step = None
+    if resume_from is not None:
+        resume_from = str(resume_from)
+        resume_step = checkpoint_step(resume_from)
     trainer = builders.build_trainer(
         cfg,
         callbacks=_callbacks(cfg, stage_dir),
-        logger=builders.build_loggers(cfg, stage) or False,
+        logger=builders.build_loggers(cfg, stage, resume_step) or False,
         plugins=[AtomicCheckpointIO()],
         **trainer_kw,
     )
     try:
-        if resume_from is not None:
-            resume_from = str(resume_from)
-            _continue_logs(trainer.loggers, resume_from)
+        if resume_step is not None:
+            _continue_csv_logs(trainer.loggers, resume_step)
         log_config(trainer.loggers, cfg)  # fast_dev_run: Lightning's dummy logger, no-op
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=False)
         ckpt = _test_ckpt(cfg, trainer)

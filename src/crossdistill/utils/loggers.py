@@ -27,6 +27,11 @@ def is_wandb(node: DictConfig) -> bool:
     return issubclass(hydra.utils.get_class(node["_target_"]), WandbLogger)
 
 
+def is_tensorboard(node: DictConfig) -> bool:
+    """Whether a ``logger`` node builds a :class:`TensorBoardLogger` (or a subclass)."""
+    return issubclass(hydra.utils.get_class(node["_target_"]), TensorBoardLogger)
+
+
 def _rebased(path: str, run_dir: Path, stage_dir: Path) -> str:
     """``path`` moved from under ``run_dir`` to under ``stage_dir``; a path elsewhere gets a
     ``<stage>`` subfolder, so two stages never share a log folder."""
@@ -37,9 +42,12 @@ def _rebased(path: str, run_dir: Path, stage_dir: Path) -> str:
         return str(path_ / stage_dir.name)
 
 
-def stage_overrides(cfg: DictConfig, node: DictConfig, stage: str) -> dict[str, Any]:
+def stage_overrides(
+    cfg: DictConfig, node: DictConfig, stage: str, resume_step: int | None = None
+) -> dict[str, Any]:
     """Constructor arguments of the ``logger`` node ``node`` that differ from the config in
-    ``stage``.
+    ``stage`` (resumed from a checkpoint of ``resume_step``: TensorBoard's ``purge_step``,
+    passed on to its SummaryWriter, so its reader drops the events logged after it).
 
     W&B without a ``group`` gets ``task_name`` as group in both stages, so a run's teacher
     and student runs are always grouped. Teacher stage: W&B gets ``job_type=teacher``,
@@ -62,6 +70,8 @@ def stage_overrides(cfg: DictConfig, node: DictConfig, stage: str) -> dict[str, 
     elif stage == TEACHER and node.get("save_dir"):
         run_dir = Path(cfg.paths.output_dir)
         overrides["save_dir"] = _rebased(node.save_dir, run_dir, run_dir / stage)
+    if resume_step is not None and is_tensorboard(node):
+        overrides["purge_step"] = resume_step
     return overrides
 
 
