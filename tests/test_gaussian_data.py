@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from crossdistill.data.datamodules.gaussian import GaussianMFHDataModule
 from crossdistill.data.generators import gaussian
@@ -173,3 +174,23 @@ def test_datamodule_batches_and_column_filter():
     assert batch["student_input"].shape == (200, 50)
     assert set(batch) == {"teacher_input", "student_input", "label", "index"}
     assert len(dm.datasets["test"]) == 1000 and dm.teacher_input_dim == 10
+
+
+@pytest.mark.parametrize("batch_size", [None, 48])
+def test_loader_batches_equal_collated_samples(batch_size):
+    """The loaders fetch whole batches (``__getitems__``): the batches must be exactly those
+    of collating the samples one by one, in the loader's order."""
+    from torch.utils.data import default_collate
+
+    dm = GaussianMFHDataModule(n_train=200, batch_size=batch_size, seed=3)
+    dm.setup()
+    torch.manual_seed(0)
+    for split, loader in (("train", dm.train_dataloader()), ("test", dm.test_dataloader())):
+        data = dm.dataset(split)
+        batches = list(loader)
+        assert sum(len(b["label"]) for b in batches) == len(data)
+        for batch in batches:
+            expected = default_collate([data[int(i)] for i in batch["index"]])
+            assert set(batch) == set(expected)
+            for key, value in expected.items():
+                assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
