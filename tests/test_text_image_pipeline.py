@@ -44,6 +44,7 @@ def test_all_rows_have_an_experiment():
         "no_kd",
         "kd",
         "hard_l2",
+        "rkd",
         "feature_margin",
         "shared_classifier",
         "c2kd",

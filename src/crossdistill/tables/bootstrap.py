@@ -1,5 +1,5 @@
 """Paired differences bootstrapped over test units and seeds (the spec key
-``paired_bootstrap``; docs/tables.md, "Speaker bootstrap").
+``paired_bootstrap``; docs/tables.md, "Speaker bootstrap" and "Sample bootstrap").
 
 ``unit: speaker``: verification metrics from the runs' saved trial scores
 (``<run dir>/scores/<split>.npz``, :mod:`crossdistill.metrics.trial_scores`), resampled
