@@ -164,3 +164,12 @@ def test_the_c2kd_table_bootstraps_its_verification_columns():
     bootstrap = load_spec("c2kd").paired_bootstrap
     assert bootstrap.metrics == ("test/eer", "test/eer_snr10", "test/min_dcf")
     assert (bootstrap.unit, bootstrap.draws) == ("speaker", 2000)
+
+
+def test_a_row_without_runs_shows_a_dash(table_dir: Path):
+    """A row that has not run yet (a table re-reported while the runner works) has no
+    interval at all, so its bootstrapped cells are a plain dash, not a t-interval marker."""
+    spec = {**SPEC, "rows": {**SPEC["rows"], "Pending": {"overrides": ["x=3"]}}}
+    (table_dir / "table.yaml").write_text(yaml.safe_dump(spec))
+    text = markdown(load_table([table_dir]))
+    assert "| Pending | — |" in text and "—; t interval" not in text

@@ -114,7 +114,7 @@ def _delta_cell(table: Table, row: str, column: str, metric: Metric) -> str:
     if diff is None:
         return "—"
     text = diff.format(metric.scale, metric.digits)
-    if table.is_bootstrapped(metric.key) and _interval_kind(diff) == "t":
+    if table.is_bootstrapped(metric.key) and _interval_kind(diff) == "t" and diff.n > 0:
         text += "; t interval"
     return text
 
