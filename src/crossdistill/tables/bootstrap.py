@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crossdistill.analysis.sample_bootstrap import (
     SampleRun,
@@ -52,6 +52,16 @@ BOOTSTRAP_KEYS = {"metrics", "unit", "draws", "seed", "confidence"}
 UNITS = ("speaker", "sample")
 #: how a cell names its unit count: ``(n=3, 300 spk)``
 UNIT_LABELS = {"speaker": "spk", "sample": "samples"}
+#: what a run saves for each unit, as the notes name it
+SAVED = {"speaker": "scores", "sample": "predictions"}
+
+
+class TestedOn(NamedTuple):
+    """The list a run was tested on: its key (equal keys = the same trials / samples) and
+    how many units (speakers / samples) it has."""
+
+    key: str
+    units: int
 
 
 def parse_unit_metric(unit: str, metric: str) -> tuple[str, str, str]:
@@ -165,7 +175,7 @@ class TableBootstrap:
         self.notes: list[str] = []
         self._draws: dict[tuple[Path, str], MetricDraws] | None = None
         #: (run dir, split|pass) -> (key of the list tested on, speakers / samples in it)
-        self._lists: dict[tuple[Path, str], tuple[str, int]] = {}
+        self._lists: dict[tuple[Path, str], TestedOn] = {}
         #: (run dir, metric) -> why that run's scores cannot be used for that metric
         self._unusable: dict[tuple[Path, str], str] = {}
         self._results: dict[tuple[str, str, str], BootstrapDifference | None] = {}
@@ -178,11 +188,11 @@ class TableBootstrap:
         """A run's saved scores (speakers) or predictions (samples) of ``split``, read
         once, or ``None`` and why not."""
         if (run.path, split) not in cache:
+            what = SAVED[self.spec.unit]
             if self.spec.unit == "sample":
-                path, what = predictions_path(run.path, split), "predictions"
-                load = load_predictions
+                path, load = predictions_path(run.path, split), load_predictions
             else:
-                path, what, load = scores_path(run.path, split), "scores", load_trial_scores
+                path, load = scores_path(run.path, split), load_trial_scores
             try:
                 found = (load(path), "") if path.is_file() else (None, f"no saved {what} {path}")
             except (OSError, ValueError) as err:
@@ -233,7 +243,7 @@ class TableBootstrap:
         draws = bootstrap_runs(inputs, self.spec.draws, self.spec.seed)
         self._draws = {names[k]: v for k, v in draws.items()}
         self._lists = {
-            names[k]: (v.trials.key, len(v.trials.speakers)) for k, v in inputs.items()
+            names[k]: TestedOn(v.trials.key, len(v.trials.speakers)) for k, v in inputs.items()
         }
 
     def _prepare_samples(self) -> None:
@@ -242,9 +252,10 @@ class TableBootstrap:
         names: dict[str, tuple[Path, str]] = {}
         for run in self._finished_runs():
             for metric in self.spec.metrics:
-                split, kind, _ = parse_unit_metric("sample", metric)
+                split, k = parse_accuracy_metric(metric)
+                kind = f"top{k}"
                 found, why = self._load(run, split, files)
-                if found is not None and int(kind[3:]) > found.top.shape[1]:
+                if found is not None and k > found.top.shape[1]:
                     found, why = None, f"{found.path} holds the top {found.top.shape[1]} classes"
                 if found is None:
                     self._unusable[(run.path, metric)] = why
@@ -254,11 +265,11 @@ class TableBootstrap:
                     inputs[key] = SampleRun(
                         sample_list_key(found.index, found.label), len(found.index), {}
                     )
-                inputs[key].correct[kind] = found.correct(int(kind[3:]))
+                inputs[key].correct[kind] = found.correct(k)
                 names[key] = (run.path, f"{split}|")
         draws = bootstrap_accuracies(inputs, self.spec.draws, self.spec.seed)
         self._draws = {names[k]: v for k, v in draws.items()}
-        self._lists = {names[k]: (v.key, v.size) for k, v in inputs.items()}
+        self._lists = {names[k]: TestedOn(v.key, v.size) for k, v in inputs.items()}
 
     def _check_points(self) -> None:
         """A run whose saved scores / predictions do not give its logged metric
@@ -272,7 +283,7 @@ class TableBootstrap:
                     continue
                 recomputed = found.point[kind]
                 if not math.isclose(recomputed, logged, rel_tol=1e-6, abs_tol=1e-7):
-                    what = "predictions" if self.spec.unit == "sample" else "scores"
+                    what = SAVED[self.spec.unit]
                     self._unusable[(run.path, metric)] = (
                         f"its saved {what} give {metric} = {recomputed:.6g}, metrics.json has "
                         f"{logged:.6g} ({what} of another test?)"
@@ -312,9 +323,10 @@ class TableBootstrap:
                         f"run {run.path}: {why or 'no scores'}"
                     )
                     return None
-            if self._lists[(ours[seed].path, pass_key)][0] != self._lists[
-                (base[seed].path, pass_key)
-            ][0]:
+            if (
+                self._lists[(ours[seed].path, pass_key)].key
+                != self._lists[(base[seed].path, pass_key)].key
+            ):
                 tested_on = "test samples" if self.spec.unit == "sample" else "trial lists"
                 self._note(
                     f"{where}, {metric}: t interval over seeds, not the bootstrap: seed "
@@ -322,7 +334,7 @@ class TableBootstrap:
                     f"{tested_on}"
                 )
                 return None
-        units = min(self._lists[(ours[s].path, pass_key)][1] for s in seeds)
+        units = min(self._lists[(ours[s].path, pass_key)].units for s in seeds)
         return paired_bootstrap(
             {s: draws[(ours[s].path, pass_key)] for s in seeds},
             {s: draws[(base[s].path, pass_key)] for s in seeds},
