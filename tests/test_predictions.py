@@ -139,3 +139,22 @@ def test_spec_validates_sample_metrics():
                     {"metrics": ["test/eer"], "unit": "sample"}}, source="t.yaml")  # fmt: skip
     spec = parse(metrics=["test/acc"], unit="sample")
     assert parse_spec(spec_to_dict(spec)).paired_bootstrap == spec.paired_bootstrap
+
+
+def test_evaluator_without_sample_indices_says_how_to_turn_saving_off(tmp_path: Path):
+    import torch
+    from torch import nn
+
+    from crossdistill.modules.evaluators import ClassificationEvaluator
+
+    class Module(nn.Linear):
+        input_key = "x"
+
+        def log(self, *args, **kwargs) -> None:
+            pass
+
+    evaluator = ClassificationEvaluator(3, predictions_dir=str(tmp_path))
+    batch = {"x": torch.randn(4, 2), "label": torch.tensor([0, 1, 2, 0])}
+    evaluator.step(Module(2, 3), batch, "val")  # val is not saved: no index needed
+    with pytest.raises(KeyError, match="batches have no 'index'.*predictions_dir=null"):
+        evaluator.step(Module(2, 3), batch, "test")
