@@ -362,3 +362,24 @@ def test_hydra_configs_instantiate(data_dir, real_copy):
     dm = instantiate(vox.data)
     assert dm.num_classes == 4 and len(dm.trials("val")) == 10
     assert next(iter(dm.train_dataloader()))["teacher_input"].shape[1:] == (3, 32, 32)
+
+
+def test_wav_headers_read_once_per_process_until_a_file_changes(real_copy, monkeypatch):
+    from crossdistill.data.readers.voxceleb import scan
+    from crossdistill.utils import fingerprint
+
+    monkeypatch.setattr(fingerprint, "_SETTLED_NS", -1)  # every file counts as settled
+    monkeypatch.setattr(scan, "_wav_headers", {})
+    opened: list[str] = []
+    real_info = sf.info
+    monkeypatch.setattr(scan.sf, "info", lambda p: opened.append(p) or real_info(p))
+    first = scan_voxceleb(real_copy)
+    n_files = len(opened)
+    assert n_files == len(first.utterances) > 0
+    assert scan_voxceleb(real_copy).utterances == first.utterances
+    assert len(opened) == n_files  # the second scan read no header
+    wav = real_copy / "wav" / first.utterances[0].path
+    sf.write(wav, np.zeros(123, dtype=np.float32), SR)  # another length: the scan sees it
+    again = scan_voxceleb(real_copy)
+    assert opened[n_files:] == [str(wav)]
+    assert again.utterances[0].num_frames == 123

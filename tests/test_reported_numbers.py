@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from crossdistill.models.heads import (
 )
 from crossdistill.modules import DistillModule
 from crossdistill.train import train
-from crossdistill.utils import teacher_store
+from crossdistill.utils import fingerprint, teacher_store
 from crossdistill.utils.fingerprint import fingerprint_paths
 
 torch.set_num_threads(1)
@@ -123,6 +124,41 @@ def test_fingerprint_sees_content_and_stat_changes(tmp_path):
     assert fingerprint_paths([root], "content") not in (content,)
     with pytest.raises(ValueError, match="cache_check must be one of"):
         fingerprint_paths([root], "mtime")
+
+
+def _count_reads(monkeypatch) -> list[Path]:
+    read: list[Path] = []
+    real = fingerprint._hash_file
+    monkeypatch.setattr(fingerprint, "_hash_file", lambda p: read.append(p) or real(p))
+    monkeypatch.setattr(fingerprint, "_digests", {})
+    return read
+
+
+def test_content_digest_read_once_per_process_while_stat_unchanged(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    root.mkdir()
+    f = root / "x.bin"
+    f.write_bytes(b"0123")
+    read = _count_reads(monkeypatch)
+    monkeypatch.setattr(fingerprint, "_SETTLED_NS", -1)  # every file counts as settled
+    first = fingerprint_paths([root], "content")
+    assert fingerprint_paths([root], "content") == first
+    assert read == [f]  # the second fingerprint reused the digest
+    st = f.stat()
+    time.sleep(0.05)  # past the kernel's timestamp granularity
+    f.write_bytes(b"9876")  # same size, old mtime put back: only ctime tells
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert fingerprint_paths([root], "content") != first
+    assert read == [f, f]
+
+
+def test_content_digest_of_a_just_written_file_is_not_remembered(tmp_path, monkeypatch):
+    f = tmp_path / "x.bin"
+    f.write_bytes(b"0123")
+    read = _count_reads(monkeypatch)
+    fingerprint_paths([f], "content")
+    fingerprint_paths([f], "content")
+    assert read == [f, f]
 
 
 def _overwrite_faces(root: Path) -> int:

@@ -11,17 +11,26 @@ computed from. Keys therefore include a fingerprint of every input file
   ``cp -p`` of a same-size file, goes unnoticed).
 
 ``scripts/benchmark_distill.py`` measures what each mode costs on the built-in data.
+
+Within one process (e.g. the seeds of a multirun) a file's content digest is computed once
+and reused while its size, mtime, ctime, inode and device all stay the same (ctime cannot be
+set back, so a rewrite followed by restoring the mtime still re-reads the file). Files
+changed less than ``_SETTLED_NS`` before they were read are not remembered (timestamps are
+coarser than the writes they should tell apart): :func:`settled_stat_key`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 FINGERPRINT_MODES = ("content", "stat")
 _CHUNK = 1 << 20
+_SETTLED_NS = 2_000_000_000
+_digests: dict[tuple, str] = {}  # (path, size, mtime, ctime, inode, device) -> sha256
 
 
 def _files_under(path: Path) -> list[Path]:
@@ -36,12 +45,32 @@ def _files_under(path: Path) -> list[Path]:
     return found
 
 
-def _file_digest(path: Path) -> str:
+def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def settled_stat_key(path: Path) -> tuple | None:
+    """(path, size, mtime, ctime, inode, device) of a file last changed more than
+    ``_SETTLED_NS`` ago: while it stays the same, so do the file's bytes. None for a file
+    changed more recently (timestamps are too coarse to tell its next write apart)."""
+    st = path.stat()
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= _SETTLED_NS:
+        return None
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of the file's bytes, remembered per process while its stat stays the same."""
+    key = settled_stat_key(path)
+    if key is None:
+        return _hash_file(path)
+    if key not in _digests:
+        _digests[key] = _hash_file(path)
+    return _digests[key]
 
 
 def fingerprint_paths(paths: Iterable[str | Path], mode: str = "content") -> str:

@@ -22,8 +22,23 @@ from crossdistill.data.readers.voxceleb.layout import (
     resolve_wav_root,
 )
 from crossdistill.data.readers.voxceleb.media import check_rate, image_problem
+from crossdistill.utils.fingerprint import settled_stat_key
 
 log = logging.getLogger(__name__)
+_wav_headers: dict[tuple, tuple[int, int]] = {}  # settled_stat_key -> (frames, sample rate)
+
+
+def _frames_and_rate(path: Path) -> tuple[int, int]:
+    """A WAV's length and sample rate from its header, read once per process while the
+    file's stat stays the same (the seeds of a multirun scan the same files)."""
+    key = settled_stat_key(path)
+    if key is not None and key in _wav_headers:
+        return _wav_headers[key]
+    info = sf.info(str(path))
+    header = int(info.frames), int(info.samplerate)
+    if key is not None:
+        _wav_headers[key] = header
+    return header
 
 
 def scan_voxceleb(root: str | Path, face_root: str | Path | None = None, *,
@@ -49,8 +64,7 @@ def scan_voxceleb(root: str | Path, face_root: str | Path | None = None, *,
                 n, sr = -1, -1
                 if validate_files:
                     try:
-                        info = sf.info(str(f))
-                        n, sr = int(info.frames), int(info.samplerate)
+                        n, sr = _frames_and_rate(f)
                     except Exception as e:  # noqa: BLE001 - libsndfile raises various types
                         bad.report(f, f"corrupt or unreadable WAV ({type(e).__name__}: {e})")
                         continue
