@@ -246,3 +246,40 @@ def test_verification_gathers_all_utterances_under_ddp(tmp_path):
     (run,) = list((tmp_path / "face_voice" / "runs").iterdir())
     student = json.loads((run / "metrics.json").read_text())["student"]
     assert 0.0 <= student["test/eer"] <= 1.0 and "test/eer_snr0" in student
+
+
+def test_stop_after_teacher_fills_the_teacher_cache_that_a_full_run_then_reuses(
+    compose_cfg, tmp_path
+):
+    short = ["trainer.max_epochs=2", "teacher.max_epochs=2", "logger=[]"]
+    cfg = compose_cfg("experiment=mfh/exp1", "seed=1", "stop_after=teacher", *short)
+    summary = train(cfg)
+    run_dir = Path(summary["run_dir"])
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert "student" not in written and written["teacher"]["test/acc"] > 0
+    assert not (run_dir / "checkpoints").exists()  # no student stage
+    assert len(list(Path(cfg.paths.teacher_cache_dir).glob("*/teacher.ckpt"))) == 1
+
+    cfg2 = compose_cfg("experiment=mfh/exp1", "seed=1", *short)
+    with open_dict(cfg2):
+        cfg2.paths.output_dir = str(tmp_path / "run2")
+    summary2 = train(cfg2)
+    source = json.loads((tmp_path / "run2" / "teacher" / "source.json").read_text())
+    assert source["source"].startswith(cfg2.paths.teacher_cache_dir)  # reused, not trained
+    assert summary2["teacher"] == written["teacher"] and "test/acc" in summary2["student"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stop_after=student"], "stop_after='student' is not valid; use null"),
+        (["stop_after=teacher", "distill=none"], "stop_after=teacher, but this run's distill"),
+    ],
+)
+def test_stop_after_refuses_what_it_cannot_do(compose_cfg, tmp_path, overrides, message):
+    from crossdistill.validation import ConfigError
+
+    cfg = compose_cfg("experiment=mfh/exp1", "logger=[]", *overrides)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        train(cfg)
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -88,6 +88,8 @@ def test_text_image_columns_match_the_optimiser_steps_of_the_full_data():
         ({"metrics": [{"key": "test/acc", "scael": 1}]}, "unknown key(s) ['scael']"),
         ({"metrics": [{"key": "test/acc", "chance": "half"}]},
          "chance of test/acc must be a number, got 'half'"),
+        ({"teachers": ["C"]}, "teachers must be a list of row names (rows whose teacher is "
+                              "trained before the cells) among ['A', 'B'], got ['C']"),
     ],
 )
 def test_bad_specs_fail_naming_the_key(change, message):
@@ -187,6 +189,44 @@ def test_runner_reports_failed_runs_and_still_writes_the_table(tmp_path, monkeyp
     text = (out / "table.md").read_text()
     assert "| KD | 0.645 ± 0.191 (n=2) |" in text  # seeds 0 and 1 of KD at γ=0
     assert "Failed or unfinished runs (no metrics.json, left out): 2" in text
+
+
+def test_spec_teachers_are_trained_first_one_job_per_seed_columns_in_turn(tmp_path,
+                                                                          monkeypatch):
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump({**SPEC, "teachers": ["KD"]}, allow_unicode=True,
+                                        sort_keys=False))
+    commands: list[list[str]] = []
+    cells = fake_train(commands)
+    ran_before_first_cell: list[int] = []
+
+    def run(cmd, **kwargs):
+        if "stop_after=teacher" not in cmd:
+            ran_before_first_cell.append(sum("stop_after=teacher" in c for c in commands))
+            return cells(cmd, **kwargs)
+        commands.append(cmd)
+        run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", run)
+    out = tmp_path / "table"
+    assert main(["run", str(spec_file), "--out", str(out)]) == 0
+    teacher_cmds = [c for c in commands if "stop_after=teacher" in c]
+    assert [c[3:6] for c in teacher_cmds] == [  # the KD row, one column after the other
+        ["experiment=mfh/exp1", "data.overlap=0", "trainer.max_epochs=3"],
+        ["experiment=mfh/exp1", "data.overlap=10", "trainer.max_epochs=3"],
+        ["experiment=mfh/exp1", "data.overlap=0", "trainer.max_epochs=3"]]
+    assert [next(a for a in c if a.startswith("seed=")) for c in teacher_cmds] == [
+        "seed=0", "seed=1", "seed=2"]
+    assert f"hydra.run.dir={out / '_teachers' / 'kd' / '2'}" in teacher_cmds[2]
+    assert ran_before_first_cell[0] >= 2  # both workers began with a teacher
+    assert len(commands) == 3 + 4
+    assert "| KD |" in (out / "table.md").read_text()  # _teachers is not a row
+    # a re-run finds the teachers trained (and the cells finished): nothing runs again
+    assert main(["run", str(spec_file), "--out", str(out)]) == 0
+    assert len(commands) == 3 + 4
 
 
 def test_a_single_cell_runs_its_seeds_in_parallel(tmp_path, monkeypatch):

@@ -232,12 +232,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
 
     loss = LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))
+    teacher_only = cfg.get("stop_after") == TEACHER
+    if teacher_only and not builders.loss_needs_teacher(loss):
+        raise ConfigError("stop_after=teacher, but this run's distill loss uses no teacher; "
+                          "choose a distill config with a teacher term (e.g. distill=kd)")
     datamodule = builders.build_datamodule(cfg)
     teacher, teacher_metrics = None, {}
     if builders.loss_needs_teacher(loss):
         with isolate_rng():  # trained or reused, the teacher leaves the streams as they were
             teacher, teacher_metrics = obtain_teacher(cfg, datamodule, run_dir)
             teacher = builders.teacher_over_student_classes(teacher, datamodule, loss)
+    if teacher_only:
+        return _write_summary(run_dir, {"run_dir": str(run_dir), "teacher": teacher_metrics})
     # the student's streams start here, whatever ran before (data generation, teacher)
     pl.seed_everything(cfg.seed, workers=True)
     module = builders.build_student_module(cfg, datamodule, loss, teacher)
@@ -255,11 +261,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "teacher": teacher_metrics,
         "student": metrics,
     }
+    return _write_summary(run_dir, summary)
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """``<run dir>/metrics.json`` (rank 0) and the log lines of a finished run."""
     if pl.utilities.rank_zero_only.rank == 0:  # one writer under DDP
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        log.info("student test metrics: %s", json.dumps(metrics))
-        if teacher_metrics:
-            log.info("teacher test metrics: %s", json.dumps(teacher_metrics))
+        if "student" in summary:
+            log.info("student test metrics: %s", json.dumps(summary["student"]))
+        if summary["teacher"]:
+            log.info("teacher test metrics: %s", json.dumps(summary["teacher"]))
         log.info("run dir: %s  (eval: crossdistill-eval run_dir=%s)", run_dir, run_dir)
     return summary
 

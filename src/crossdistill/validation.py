@@ -24,6 +24,7 @@ from crossdistill.utils.config import CONFIG_DIR
 
 TEST_CKPT_CHOICES = ("best", "last")
 MONITOR_MODES = ("min", "max")
+STOP_AFTER_CHOICES = (None, "teacher")
 GPU_ACCELERATORS = ("gpu", "cuda")
 
 
@@ -126,6 +127,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"test_ckpt={cfg.test_ckpt!r} is not valid; use one of {list(TEST_CKPT_CHOICES)}"
             f"{_nearest(str(cfg.test_ckpt), TEST_CKPT_CHOICES)}"
+        )
+    if cfg.get("stop_after") not in STOP_AFTER_CHOICES:
+        raise ConfigError(
+            f"stop_after={cfg.get('stop_after')!r} is not valid; use null (the whole run) or "
+            "teacher (train or reuse the teacher, then stop)"
         )
     if cfg.monitor_mode not in MONITOR_MODES:
         raise ConfigError(

@@ -7,7 +7,11 @@ each one process running its seeds in turn (one start-up per cell, no idle worke
 end of an odd number of seeds); a single cell runs its seeds in parallel instead
 (hydra-joblib-launcher). A teacher needed by several cells at once (same data, teacher
 config and seed) is trained by one of them while the others wait for it (the pipeline's
-teacher lock), then reused from the teacher cache.
+teacher lock), then reused from the teacher cache. The rows named by the spec's ``teachers``
+have their teachers trained first instead, one job per seed (``stop_after=teacher``, in
+``<table dir>/_teachers/<row>/<seed>``), ``jobs`` at a time, so no cell waits on another's
+teacher; each such job takes the overrides of one column in turn (a teacher that depends
+on the column is still trained by its cells).
 """
 
 from __future__ import annotations
@@ -29,8 +33,17 @@ import yaml
 from crossdistill.tables.aggregate import SPEC_FILE, cell_dir, load_table
 from crossdistill.tables.collect import find_runs
 from crossdistill.tables.render import write_all
-from crossdistill.tables.spec import Column, Row, TableSpec, load_spec, select_rows, spec_to_dict
+from crossdistill.tables.spec import (
+    Column,
+    Row,
+    TableSpec,
+    load_spec,
+    select_rows,
+    slug,
+    spec_to_dict,
+)
 
+TEACHERS_DIR = "_teachers"  # no row's directory name starts with "_" (spec.slug)
 QUIET = ["print_config=false", "callbacks.progress_bar=null", "+trainer.enable_progress_bar=false"]
 
 
@@ -56,6 +69,31 @@ def train_command(
     if jobs > 1:
         cmd += ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
     return cmd
+
+
+def teacher_command(
+    spec: TableSpec, row: Row, column: Column, seed: int, run_dir: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    """The ``crossdistill-train`` command that trains (or reuses) the teacher of one row and
+    seed into the teacher cache and stops (``stop_after=teacher``)."""
+    return [
+        sys.executable, "-m", "crossdistill.train",
+        *row.train_overrides, *column.overrides, *spec.overrides, *extra,
+        f"seed={seed}", "stop_after=teacher", f"hydra.run.dir={run_dir}",
+    ]
+
+
+def teacher_jobs(spec: TableSpec, table_dir: Path) -> list[tuple[str, Row, Column, int, Path]]:
+    """(label, row, column, seed, run dir) of every teacher to train before the cells, the
+    columns taken in turn; those already trained (``metrics.json`` in the run dir) left out."""
+    jobs = []
+    for row_name in spec.teachers:
+        for seed in spec.seeds:
+            column = spec.columns[len(jobs) % len(spec.columns)]
+            run_dir = table_dir / TEACHERS_DIR / slug(row_name) / str(seed)
+            jobs.append((f"teacher of {row_name}, seed {seed}", spec.row(row_name), column,
+                         seed, run_dir))
+    return [job for job in jobs if not (job[-1] / "metrics.json").is_file()]
 
 
 def default_table_dir(spec: TableSpec, overrides: Sequence[str]) -> Path:
@@ -139,9 +177,26 @@ def run_spec(
             print(f"[{i}/{len(cells)}] {where}: already finished in {sweep_dir}", flush=True)
         else:
             todo.append((i, row, column, sweep_dir, where))
-    cells_at_once = max(1, min(jobs, len(todo)))
-    seeds_at_once = jobs if cells_at_once == 1 else 1
+    teachers = teacher_jobs(spec, table_dir)
+    workers = max(1, min(jobs, len(todo) + len(teachers)))
+    seeds_at_once = jobs if len(todo) == 1 and not teachers else 1
     printing = threading.Lock()
+
+    def run_logged(cmd: list[str], log: Path) -> int:
+        with open(log, "w") as fh:
+            fh.write(" ".join(cmd) + "\n\n")
+            fh.flush()
+            return subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+
+    def train_teacher(label: str, row: Row, column: Column, seed: int, run_dir: Path) -> bool:
+        log = logs / f"{TEACHERS_DIR}__{slug(row.name)}__{seed}.log"
+        t0 = time.time()
+        code = run_logged(teacher_command(spec, row, column, seed, run_dir, extra), log)
+        with printing:
+            print(f"[teachers] {label}: " + (
+                f"ready in {time.time() - t0:.0f} s" if code == 0 else f"FAILED: see {log}"
+            ), flush=True)
+        return code == 0
 
     def run_cell(
         k: int, i: int, row: Row, column: Column, sweep_dir: Path, where: str
@@ -149,10 +204,7 @@ def run_spec(
         log = logs / (sweep_dir.relative_to(table_dir).as_posix().replace("/", "__") + ".log")
         cmd = train_command(spec, row, column, sweep_dir, seeds_at_once, extra, seed_offset=k)
         t0 = time.time()
-        with open(log, "w") as fh:
-            fh.write(" ".join(cmd) + "\n\n")
-            fh.flush()
-            code = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+        code = run_logged(cmd, log)
         done = [r for r in find_runs([sweep_dir]) if not r.failed] if sweep_dir.is_dir() else []
         ok = code == 0 and len(done) == len(spec.seeds)
         with printing:
@@ -161,8 +213,9 @@ def run_spec(
                   flush=True)
         return ok
 
-    with ThreadPoolExecutor(max_workers=cells_at_once) as pool:
-        started = [pool.submit(run_cell, k, *cell) for k, cell in enumerate(todo)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # teachers first, then the cells
+        started = [pool.submit(train_teacher, *job) for job in teachers]
+        started += [pool.submit(run_cell, k, *cell) for k, cell in enumerate(todo)]
         all_ok = all([future.result() for future in started])
     text = write_all(load_table([table_dir]), table_dir)
     if out is None:

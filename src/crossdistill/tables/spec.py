@@ -19,6 +19,7 @@
     column_contrast: ["10 %", "100 %"]  # does each row's paired difference change between them?
     paired_bootstrap: {metrics: [test/eer], unit: speaker, draws: 2000}  # interval over
                                 # test speakers and seeds from the runs' saved trial scores
+    teachers: [Logit KD]        # train these rows' teachers first, one job per seed
 
 ``quick`` is a partial spec merged over the spec by ``--quick``; its ``overrides`` are added
 after the spec's, its ``columns`` replace the override lists of the columns it names.
@@ -39,7 +40,7 @@ from crossdistill.tables.table import Metric
 KEYS = {
     "title", "description", "rows", "baseline", "seeds", "metrics", "paired_metrics", "jobs",
     "overrides", "column_axis", "columns", "quick", "curve", "column_contrast",
-    "paired_bootstrap",
+    "paired_bootstrap", "teachers",
 }
 ROW_KEYS = {"experiment", "overrides"}
 METRIC_KEYS = {"key", "label", "scale", "digits", "chance"}
@@ -81,6 +82,7 @@ class TableSpec:
     curve: Metric | None = None
     column_contrast: tuple[str, str] | None = None
     paired_bootstrap: BootstrapSpec | None = None
+    teachers: tuple[str, ...] = ()  # rows whose teacher is trained before the cells
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -240,6 +242,11 @@ def parse_spec(data: dict[str, Any], name: str = "table", source: str = "spec",
         paired_keys = list(paired) if paired is not None else [
             m.key for m in metrics if not m.key.startswith("teacher/")]
         bootstrap = parse_bootstrap(bootstrap, paired_keys, source)
+    teachers = data.get("teachers") or []
+    row_names = [r.name for r in rows]
+    if not isinstance(teachers, list) or any(str(t) not in row_names for t in teachers):
+        raise _fail(source, f"teachers must be a list of row names (rows whose teacher is "
+                    f"trained before the cells) among {row_names}, got {teachers!r}")
     return TableSpec(
         name=name,
         title=str(data.get("title", name)),
@@ -257,6 +264,7 @@ def parse_spec(data: dict[str, Any], name: str = "table", source: str = "spec",
         curve=_metric(data["curve"], source) if data.get("curve") is not None else None,
         column_contrast=contrast,
         paired_bootstrap=bootstrap,
+        teachers=tuple(str(t) for t in teachers),
     )
 
 
@@ -292,6 +300,8 @@ def spec_to_dict(spec: TableSpec) -> dict[str, Any]:
         data["paired_metrics"] = list(spec.paired_metrics)
     if spec.paired_bootstrap is not None:
         data["paired_bootstrap"] = spec.paired_bootstrap.to_dict()
+    if spec.teachers:
+        data["teachers"] = list(spec.teachers)
     if spec.columns != (Column(""),):
         data["column_axis"] = spec.column_axis
         data["columns"] = {c.name: list(c.overrides) for c in spec.columns}
@@ -310,4 +320,5 @@ def select_rows(spec: TableSpec, wanted: list[str]) -> TableSpec:
         raise ValueError(f"--rows {unknown}: not rows of {spec.source or spec.name}; rows: "
                          f"{[r.name for r in spec.rows]}")
     keep = [r for r in spec.rows if r.name == spec.baseline or any(matches(r, w) for w in wanted)]
-    return replace(spec, rows=tuple(keep))
+    kept = {r.name for r in keep}
+    return replace(spec, rows=tuple(keep), teachers=tuple(t for t in spec.teachers if t in kept))
