@@ -252,9 +252,11 @@ def test_stop_after_teacher_fills_the_teacher_cache_that_a_full_run_then_reuses(
     compose_cfg, tmp_path
 ):
     short = ["trainer.max_epochs=2", "teacher.max_epochs=2", "logger=[]"]
+    from crossdistill.pipeline import run_task
+
     cfg = compose_cfg("experiment=mfh/exp1", "seed=1", "stop_after=teacher", *short)
-    summary = train(cfg)
-    run_dir = Path(summary["run_dir"])
+    assert run_task(cfg) is None  # the entry point's path: no student metric to return
+    run_dir = Path(cfg.paths.output_dir)
     written = json.loads((run_dir / "metrics.json").read_text())
     assert "student" not in written and written["teacher"]["test/acc"] > 0
     assert not (run_dir / "checkpoints").exists()  # no student stage

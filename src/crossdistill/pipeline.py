@@ -327,6 +327,8 @@ def _train_and_close_wandb(cfg: DictConfig) -> dict[str, Any]:
 
 def _optimized_metric(cfg: DictConfig, summary: dict[str, Any]) -> float | None:
     name = cfg.get("optimized_metric", "val/acc")
+    if "student" not in summary:  # stop_after=teacher: nothing of the student to optimise
+        return None
     value = summary["student"].get(name)
     if value is None:
         log.warning("optimized_metric %r not among %s", name, sorted(summary["student"]))
