@@ -44,7 +44,7 @@ def test_shipped_specs_parse_and_their_quick_parts_apply():
     assert bootstrap.unit == "sample" and bootstrap.metrics == ("test/acc",)
 
 
-@pytest.mark.parametrize("name", ["c2kd", "text_image"])
+@pytest.mark.parametrize("name", available_specs())
 def test_every_row_and_column_of_a_shipped_spec_composes(name):
     spec = load_spec(name)
     for row in spec.rows:
@@ -52,6 +52,10 @@ def test_every_row_and_column_of_a_shipped_spec_composes(name):
             cfg = compose_config("train", [*row.train_overrides, *column.overrides,
                                            *spec.overrides, *runner.QUIET])
             assert cfg.seed == 0
+    for _, row, column, seed, run_dir in runner.teacher_jobs(spec, Path("/nonexistent")):
+        command = runner.teacher_command(spec, row, column, seed, run_dir, runner.QUIET)
+        cfg = compose_config("train", [a for a in command[3:] if not a.startswith("hydra.")])
+        assert cfg.stop_after == "teacher" and cfg.seed == seed
 
 
 def _steps(cfg, fraction: float) -> int:
