@@ -17,7 +17,7 @@ help:
 	@echo "make test           fast tests (excludes slow)"
 	@echo "make test-full      all tests, including slow ones"
 	@echo "make reproduce-mfh  MFH Fig. 2 / Fig. 3 / Table 2 -> outputs/mfh_reproduction/latest"
-	@echo "make reproduce-c2kd face->voice C2KD table (conf/table/c2kd.yaml: 9 rows x 3 gammas x 3 seeds, ~2 h on 2 CPU cores) -> outputs/tables/c2kd/latest (ARGS=--quick: minutes)"
+	@echo "make reproduce-c2kd face->voice C2KD table (conf/table/c2kd.yaml: 9 rows x 3 gammas x 3 seeds, ~90 min on 2 CPU cores) -> outputs/tables/c2kd/latest (ARGS=--quick: minutes)"
 	@echo "make reproduce-dskd  optical->radar baselines + DSKD table (conf/table/dskd.yaml: 15 rows x 2 gaps x 5 seeds) -> outputs/tables/dskd/latest (ARGS=--quick: minutes)"
 	@echo "make reproduce-avmnist  real spoken + handwritten digits, every method x 3 directions (conf/table/avmnist.yaml: 18 rows x 3 x 5 seeds; needs ../shared/data or data.fsdd_root/mnist_root) -> outputs/tables/avmnist/latest (ARGS=--quick: minutes)"
 	@echo "make reproduce-avmnist-alg1  MFH Algorithm 1 on the AV-MNIST fusion teacher: teacher reduced to its top / bottom 32 fused channels (conf/table/avmnist_alg1.yaml, 5 seeds) -> outputs/tables/avmnist_alg1/latest (ARGS=--quick)"
