@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -83,17 +84,27 @@ def teacher_command(
     ]
 
 
-def teacher_jobs(spec: TableSpec, table_dir: Path) -> list[tuple[str, Row, Column, int, Path]]:
-    """(label, row, column, seed, run dir) of every teacher to train before the cells, the
-    columns taken in turn; those already trained (``metrics.json`` in the run dir) left out."""
+class TeacherJob(NamedTuple):
+    """One teacher to train before the cells (``stop_after=teacher``)."""
+
+    label: str
+    row: Row
+    column: Column
+    seed: int
+    run_dir: Path
+
+
+def teacher_jobs(spec: TableSpec, table_dir: Path) -> list[TeacherJob]:
+    """Every teacher to train before the cells, the columns taken in turn; those already
+    trained (``metrics.json`` in the run dir) left out."""
     jobs = []
     for row_name in spec.teachers:
         for seed in spec.seeds:
             column = spec.columns[len(jobs) % len(spec.columns)]
             run_dir = table_dir / TEACHERS_DIR / slug(row_name) / str(seed)
-            jobs.append((f"teacher of {row_name}, seed {seed}", spec.row(row_name), column,
-                         seed, run_dir))
-    return [job for job in jobs if not (job[-1] / "metrics.json").is_file()]
+            jobs.append(TeacherJob(f"teacher of {row_name}, seed {seed}", spec.row(row_name),
+                                   column, seed, run_dir))
+    return [job for job in jobs if not (job.run_dir / "metrics.json").is_file()]
 
 
 def default_table_dir(spec: TableSpec, overrides: Sequence[str]) -> Path:

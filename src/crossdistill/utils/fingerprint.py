@@ -24,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 FINGERPRINT_MODES = ("content", "stat")
 _CHUNK = 1 << 20
 _SETTLED_NS = 2_000_000_000
+T = TypeVar("T")
 _digests: dict[tuple, str] = {}  # (path, size, mtime, ctime, inode, device) -> sha256
 
 
@@ -63,14 +65,20 @@ def settled_stat_key(path: Path) -> tuple | None:
     return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-def _file_digest(path: Path) -> str:
-    """sha256 of the file's bytes, remembered per process while its stat stays the same."""
+def remembered(cache: dict[tuple, T], path: Path, compute: Callable[[Path], T]) -> T:
+    """``compute(path)``, kept in ``cache`` under the file's :func:`settled_stat_key` and
+    reused while that stays the same (a file changed too recently is computed each time)."""
     key = settled_stat_key(path)
     if key is None:
-        return _hash_file(path)
-    if key not in _digests:
-        _digests[key] = _hash_file(path)
-    return _digests[key]
+        return compute(path)
+    if key not in cache:
+        cache[key] = compute(path)
+    return cache[key]
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of the file's bytes, remembered per process while its stat stays the same."""
+    return remembered(_digests, path, _hash_file)
 
 
 def fingerprint_paths(paths: Iterable[str | Path], mode: str = "content") -> str:

@@ -22,23 +22,21 @@ from crossdistill.data.readers.voxceleb.layout import (
     resolve_wav_root,
 )
 from crossdistill.data.readers.voxceleb.media import check_rate, image_problem
-from crossdistill.utils.fingerprint import settled_stat_key
+from crossdistill.utils.fingerprint import remembered
 
 log = logging.getLogger(__name__)
 _wav_headers: dict[tuple, tuple[int, int]] = {}  # settled_stat_key -> (frames, sample rate)
 
 
+def _read_header(path: Path) -> tuple[int, int]:
+    info = sf.info(str(path))
+    return int(info.frames), int(info.samplerate)
+
+
 def _frames_and_rate(path: Path) -> tuple[int, int]:
     """A WAV's length and sample rate from its header, read once per process while the
     file's stat stays the same (the seeds of a multirun scan the same files)."""
-    key = settled_stat_key(path)
-    if key is not None and key in _wav_headers:
-        return _wav_headers[key]
-    info = sf.info(str(path))
-    header = int(info.frames), int(info.samplerate)
-    if key is not None:
-        _wav_headers[key] = header
-    return header
+    return remembered(_wav_headers, path, _read_header)
 
 
 def scan_voxceleb(root: str | Path, face_root: str | Path | None = None, *,
