@@ -284,4 +284,4 @@ def test_stop_after_refuses_what_it_cannot_do(compose_cfg, tmp_path, overrides, 
     cfg = compose_cfg("experiment=mfh/exp1", "logger=[]", *overrides)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         train(cfg)
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before anything is written

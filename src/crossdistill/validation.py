@@ -2,9 +2,9 @@
 
 Each failure is one :class:`ConfigError` line naming the key or file, the bad value and
 what would be valid (Hydra prints such errors without a traceback). The checks are light
-(no torch import unless a GPU is asked for), and run twice cheaply: from the Hydra
-callbacks below before Hydra creates the run dir, and again in the pipeline for jobs
-started without the command line (tests, sweeps, scripts).
+(no torch import unless a GPU or ``stop_after=teacher`` is asked for), and run twice
+cheaply: from the Hydra callbacks below before Hydra creates the run dir, and again in the
+pipeline for jobs started without the command line (tests, sweeps, scripts).
 """
 
 from __future__ import annotations
@@ -120,6 +120,26 @@ def check_devices(trainer: DictConfig | dict[str, Any]) -> None:
         )
 
 
+def check_stop_after(cfg: DictConfig) -> None:
+    """``stop_after`` is null or ``teacher``, and ``teacher`` only with a loss that reads one."""
+    stop_after = cfg.get("stop_after")
+    if stop_after not in STOP_AFTER_CHOICES:
+        raise ConfigError(
+            f"stop_after={stop_after!r} is not valid; use null (the whole run) or "
+            "teacher (train or reuse the teacher, then stop)"
+        )
+    if stop_after != "teacher":
+        return
+    from crossdistill.builders import loss_needs_teacher  # torch: only for this case
+    from crossdistill.losses import LossComposer
+
+    if not loss_needs_teacher(LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))):
+        raise ConfigError(
+            "stop_after=teacher, but this run's distill loss uses no teacher; choose a "
+            "distill config with a teacher term (e.g. distill=kd)"
+        )
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Every check of a ``crossdistill-train`` config (raises :class:`ConfigError`)."""
     check_top_level_keys(cfg)
@@ -128,11 +148,7 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"test_ckpt={cfg.test_ckpt!r} is not valid; use one of {list(TEST_CKPT_CHOICES)}"
             f"{_nearest(str(cfg.test_ckpt), TEST_CKPT_CHOICES)}"
         )
-    if cfg.get("stop_after") not in STOP_AFTER_CHOICES:
-        raise ConfigError(
-            f"stop_after={cfg.get('stop_after')!r} is not valid; use null (the whole run) or "
-            "teacher (train or reuse the teacher, then stop)"
-        )
+    check_stop_after(cfg)
     if cfg.monitor_mode not in MONITOR_MODES:
         raise ConfigError(
             f"monitor_mode={cfg.monitor_mode!r} is not valid; use one of {list(MONITOR_MODES)}"
