@@ -160,7 +160,10 @@ def test_runner_runs_each_cell_as_one_multirun_and_writes_the_table(tmp_path, mo
     assert first[first.index("-m", 2):][:4] == ["-m", "experiment=mfh/exp1", "distill=none",
                                                  "data.overlap=0"]
     assert "seed=0,1,2" in first and "paths.data_dir=/x" in first
-    assert not any("hydra/launcher=joblib" in c for c in commands)
+    # the cells run their seeds in turn, except the last to start: no worker idles at the end
+    parallel = [c for c in commands if "hydra/launcher=joblib" in c]
+    assert len(parallel) == 1 and parallel[0] not in commands[:2]
+    assert parallel[0][-1] == "hydra.launcher.n_jobs=2"
     # cells side by side start on different seeds (each trains its own seed's teacher)
     orders = sorted(next(a for a in c if a.startswith("seed=")) for c in commands)
     assert orders == ["seed=0,1,2", "seed=0,1,2", "seed=1,2,0", "seed=2,0,1"]

@@ -2,16 +2,16 @@
 over the spec's seeds, written to ``<table dir>/<row>[/<column>]/<job>``; then the table of
 the whole dir.
 
-``jobs`` runs at a time: while at least two cells are left, ``jobs`` cells run at once,
-each one process running its seeds in turn (one start-up per cell, no idle worker at the
-end of an odd number of seeds); a single cell runs its seeds in parallel instead
-(hydra-joblib-launcher). A teacher needed by several cells at once (same data, teacher
-config and seed) is trained by one of them while the others wait for it (the pipeline's
-teacher lock), then reused from the teacher cache. The rows named by the spec's ``teachers``
-have their teachers trained first instead, one job per seed (``stop_after=teacher``, in
-``<table dir>/_teachers/<row>/<seed>``), ``jobs`` at a time, so no cell waits on another's
-teacher; each such job takes the overrides of one column in turn (a teacher that depends
-on the column is still trained by its cells).
+``jobs`` runs at a time: ``jobs`` cells run at once, each one process running its seeds in
+turn (one start-up per cell, no idle worker at the end of an odd number of seeds); the last
+cell to start runs its seeds ``jobs`` at a time instead (hydra-joblib-launcher), so that
+the workers that run out of cells are not left idle while it trains. A teacher needed by
+several cells at once (same data, teacher config and seed) is trained by one of them while
+the others wait for it (the pipeline's teacher lock), then reused from the teacher cache.
+The rows named by the spec's ``teachers`` have their teachers trained first instead, one
+job per seed (``stop_after=teacher``, in ``<table dir>/_teachers/<row>/<seed>``), ``jobs``
+at a time, so no cell waits on another's teacher; each such job takes the overrides of one
+column in turn (a teacher that depends on the column is still trained by its cells).
 """
 
 from __future__ import annotations
@@ -190,8 +190,8 @@ def run_spec(
             todo.append((i, row, column, sweep_dir, where))
     teachers = teacher_jobs(spec, table_dir)
     workers = max(1, min(jobs, len(todo) + len(teachers)))
-    seeds_at_once = jobs if len(todo) == 1 and not teachers else 1
     printing = threading.Lock()
+    not_started = [len(todo)]  # cells not yet started; the last one runs its seeds in parallel
 
     def run_logged(cmd: list[str], log: Path) -> int:
         with open(log, "w") as fh:
@@ -213,6 +213,9 @@ def run_spec(
         k: int, i: int, row: Row, column: Column, sweep_dir: Path, where: str
     ) -> bool:
         log = logs / (sweep_dir.relative_to(table_dir).as_posix().replace("/", "__") + ".log")
+        with printing:
+            not_started[0] -= 1
+            seeds_at_once = jobs if not_started[0] == 0 else 1
         cmd = train_command(spec, row, column, sweep_dir, seeds_at_once, extra, seed_offset=k)
         t0 = time.time()
         code = run_logged(cmd, log)
