@@ -245,6 +245,10 @@ def test_a_single_cell_runs_its_seeds_in_parallel(tmp_path, monkeypatch):
     assert main(["run", str(spec_file), "--out", str(tmp_path / "t"), "--rows", "no KD"]) == 0
     assert len(commands) == 1
     assert commands[0][-2:] == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    # one seed: nothing to run side by side, no joblib worker to start
+    assert main(["run", str(spec_file), "--out", str(tmp_path / "t1"), "--rows", "no KD",
+                 "--seeds", "0"]) == 0
+    assert "hydra/launcher=joblib" not in commands[1]
 
 
 def test_runner_rejects_unknown_rows(tmp_path):

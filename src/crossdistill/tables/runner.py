@@ -190,7 +190,7 @@ def run_spec(
             todo.append((i, row, column, sweep_dir, where))
     teachers = teacher_jobs(spec, table_dir)
     workers = max(1, min(jobs, len(todo) + len(teachers)))
-    printing = threading.Lock()
+    lock = threading.Lock()  # the printed lines and the count of cells not started
     not_started = [len(todo)]  # cells not yet started; the last one runs its seeds in parallel
 
     def run_logged(cmd: list[str], log: Path) -> int:
@@ -203,7 +203,7 @@ def run_spec(
         log = logs / f"{TEACHERS_DIR}__{slug(row.name)}__{seed}.log"
         t0 = time.time()
         code = run_logged(teacher_command(spec, row, column, seed, run_dir, extra), log)
-        with printing:
+        with lock:
             print(f"[teachers] {label}: " + (
                 f"ready in {time.time() - t0:.0f} s" if code == 0 else f"FAILED: see {log}"
             ), flush=True)
@@ -213,15 +213,15 @@ def run_spec(
         k: int, i: int, row: Row, column: Column, sweep_dir: Path, where: str
     ) -> bool:
         log = logs / (sweep_dir.relative_to(table_dir).as_posix().replace("/", "__") + ".log")
-        with printing:
+        with lock:
             not_started[0] -= 1
-            seeds_at_once = jobs if not_started[0] == 0 else 1
+            seeds_at_once = jobs if not_started[0] == 0 and len(spec.seeds) > 1 else 1
         cmd = train_command(spec, row, column, sweep_dir, seeds_at_once, extra, seed_offset=k)
         t0 = time.time()
         code = run_logged(cmd, log)
         done = [r for r in find_runs([sweep_dir]) if not r.failed] if sweep_dir.is_dir() else []
         ok = code == 0 and len(done) == len(spec.seeds)
-        with printing:
+        with lock:
             print(f"[{i}/{len(cells)}] {where}: {len(done)}/{len(spec.seeds)} runs finished "
                   f"in {time.time() - t0:.0f} s" + ("" if ok else f", FAILED: see {log}"),
                   flush=True)
