@@ -220,13 +220,16 @@ def test_spec_teachers_are_trained_first_one_job_per_seed_columns_in_turn(tmp_pa
     monkeypatch.setattr(runner.subprocess, "run", run)
     out = tmp_path / "table"
     assert main(["run", str(spec_file), "--out", str(out)]) == 0
-    teacher_cmds = [c for c in commands if "stop_after=teacher" in c]
+    def seed_of(cmd: list[str]) -> str:
+        return next(a for a in cmd if a.startswith("seed="))
+
+    # two workers start teachers at once, so their commands arrive in either order: by seed
+    teacher_cmds = sorted((c for c in commands if "stop_after=teacher" in c), key=seed_of)
     assert [c[3:6] for c in teacher_cmds] == [  # the KD row, one column after the other
         ["experiment=mfh/exp1", "data.overlap=0", "trainer.max_epochs=3"],
         ["experiment=mfh/exp1", "data.overlap=10", "trainer.max_epochs=3"],
         ["experiment=mfh/exp1", "data.overlap=0", "trainer.max_epochs=3"]]
-    assert [next(a for a in c if a.startswith("seed=")) for c in teacher_cmds] == [
-        "seed=0", "seed=1", "seed=2"]
+    assert [seed_of(c) for c in teacher_cmds] == ["seed=0", "seed=1", "seed=2"]
     assert f"hydra.run.dir={out / '_teachers' / 'kd' / '2'}" in teacher_cmds[2]
     assert ran_before_first_cell[0] >= 2  # both workers began with a teacher
     assert len(commands) == 3 + 4
