@@ -191,7 +191,7 @@ def run_spec(
     teachers = teacher_jobs(spec, table_dir)
     workers = max(1, min(jobs, len(todo) + len(teachers)))
     lock = threading.Lock()  # the printed lines and the count of cells not started
-    not_started = [len(todo)]  # cells not yet started; the last one runs its seeds in parallel
+    not_started = len(todo)  # cells not yet started; the last one runs its seeds in parallel
 
     def run_logged(cmd: list[str], log: Path) -> int:
         with open(log, "w") as fh:
@@ -212,10 +212,11 @@ def run_spec(
     def run_cell(
         k: int, i: int, row: Row, column: Column, sweep_dir: Path, where: str
     ) -> bool:
+        nonlocal not_started
         log = logs / (sweep_dir.relative_to(table_dir).as_posix().replace("/", "__") + ".log")
         with lock:
-            not_started[0] -= 1
-            seeds_at_once = jobs if not_started[0] == 0 and len(spec.seeds) > 1 else 1
+            not_started -= 1
+            seeds_at_once = jobs if not_started == 0 and len(spec.seeds) > 1 else 1
         cmd = train_command(spec, row, column, sweep_dir, seeds_at_once, extra, seed_offset=k)
         t0 = time.time()
         code = run_logged(cmd, log)
