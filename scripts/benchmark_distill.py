@@ -135,13 +135,14 @@ def main(argv: list[str] | None = None) -> None:
         teacher_store.load_weights(teacher, cached)
         print(f"teacher: {cached}")
     else:
-        print("teacher: random init (no trained teacher cached for this config; speed is "
-              "the same)")
+        print("teacher: random init (no trained teacher cached for this config; speed is the same)")
     loss = LossComposer(OmegaConf.to_container(cfg.distill, resolve=True))
     t0 = time.perf_counter()
     with_cache = builders.build_student_module(cfg, dm, loss, teacher).to(device)
-    print(f"teacher cache ready in {time.perf_counter() - t0:.1f}s: "
-          f"{with_cache.teacher_cache.array_path}")
+    print(
+        f"teacher cache ready in {time.perf_counter() - t0:.1f}s: "
+        f"{with_cache.teacher_cache.array_path}"
+    )
     torch.manual_seed(0)
     no_cache = builders.build_student_module(cfg, dm, loss, teacher).to(device)
     no_cache.teacher_cache = None
@@ -158,17 +159,22 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         for name, module in modes.items():
             n, secs, peak = epoch(module, loader, device, args.max_batches)
-            print(f"round {r}: {name:14s} {n} samples in {secs:6.2f}s = {n / secs:7.1f} "
-                  f"samples/s, peak +{peak / 2**20:.0f} MiB", flush=True)
+            print(
+                f"round {r}: {name:14s} {n} samples in {secs:6.2f}s = {n / secs:7.1f} "
+                f"samples/s, peak +{peak / 2**20:.0f} MiB",
+                flush=True,
+            )
             if name not in best or secs < best[name][1]:
                 best[name] = (n, secs, max(peak, best.get(name, (0, 0, 0))[2]))
         for mode in FINGERPRINT_MODES:
             t0 = time.perf_counter()
             fingerprint_paths(inputs, mode)
             check_secs[mode] = min(check_secs[mode], time.perf_counter() - t0)
-    print(f"\n{cfg.data._target_.rsplit('.', 1)[-1]}, distill={list(cfg.distill)}, "
-          f"device={device}, threads={torch.get_num_threads()}, "
-          f"batch={dm.batch_size}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print(
+        f"\n{cfg.data._target_.rsplit('.', 1)[-1]}, distill={list(cfg.distill)}, "
+        f"device={device}, threads={torch.get_num_threads()}, "
+        f"batch={dm.batch_size}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"
+    )
     print(f"{'mode':14s} {'samples/s':>10s} {'epoch s':>8s} {'x student':>10s} {'peak MiB':>9s}")
     base = best["student"][1]
     for name, (n, secs, peak) in best.items():
@@ -177,11 +183,15 @@ def main(argv: list[str] | None = None) -> None:
         1 if Path(p).is_file() else sum(f.is_file() for f in Path(p).rglob("*")) for p in inputs
     )
     for mode, secs in check_secs.items():
-        print(f"cache_check={mode}: {secs:.3f}s for {n_files} files "
-              f"= {secs / base:.3f}x a student-only epoch (once per run)")
+        print(
+            f"cache_check={mode}: {secs:.3f}s for {n_files} files "
+            f"= {secs / base:.3f}x a student-only epoch (once per run)"
+        )
     ratio = best["distill+cache"][1] / base
-    print(f"\ndistillation epoch with the teacher cache = {ratio:.3f}x the student-only epoch "
-          f"(target <= 1.15x: {'met' if ratio <= 1.15 else 'NOT met'})")
+    print(
+        f"\ndistillation epoch with the teacher cache = {ratio:.3f}x the student-only epoch "
+        f"(target <= 1.15x: {'met' if ratio <= 1.15 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":
