@@ -16,11 +16,16 @@ Every measurement runs in its own subprocess (so ``ru_maxrss`` is that run's pea
 the variants interleaved over ``--rounds`` rounds; medians are printed. Epoch time = from
 the start of one training epoch to the start of the next, neither the first (warm-up) nor
 the last (teardown); "incl. set-up" = module + optimizer/trainer/loggers built, all epochs run.
-A third pass per round iterates the training loader alone (no model), for the
-loader-vs-step check (target: a training step takes >= 3x a loader batch).
+A third pass per round trains the same model, optimizer and loss in a minimal
+``LightningModule`` (no logging, callbacks, loggers, progress bar or checkpointing): the
+floor of any Lightning loop, which tells Lightning's cost from crossdistill's. A fourth
+iterates the training loader alone (no model), for the loader-vs-step check (target: a
+training step takes >= 3x a loader batch). The report also compares every loop's final
+weights with the plain loop's: they agree (to float rounding) only if the loops trained
+the same steps on the same batches.
 
-    python scripts/benchmark_overhead.py            # both cases, 5 rounds (~6-9 min on 2 cores)
-    python scripts/benchmark_overhead.py --quick    # 2 rounds, fewer epochs (~2 min)
+    python scripts/benchmark_overhead.py            # both cases, 5 rounds (~20 min on 2 cores)
+    python scripts/benchmark_overhead.py --quick    # 2 rounds, fewer epochs (~6 min)
     python scripts/benchmark_overhead.py --profile  # + framework with pieces turned off
 
 Cases: ``face_voice`` = experiment=face_voice/no_kd (tiny ECAPA student on the built-in
@@ -48,8 +53,9 @@ CASES: dict[str, list[str]] = {
     "face_voice": ["experiment=face_voice/no_kd"],
     "mfh": ["experiment=mfh/exp1", "distill=none"],
 }
-#: epochs per measurement (default, --quick): face_voice epochs take seconds, MFH ~ms
-EPOCHS = {"face_voice": (5, 3), "mfh": (300, 100)}
+#: epochs per measurement (default, --quick): a face_voice epoch at the default data size is
+#: 168 steps (~11 s), an MFH epoch one step (~ms); the first epoch is warm-up, not timed
+EPOCHS = {"face_voice": (3, 2), "mfh": (300, 100)}
 #: framework variants of --profile: what is turned off
 ABLATIONS = {
     "no_progress_bar": "progress bar off",
@@ -57,6 +63,8 @@ ABLATIONS = {
     "no_checkpoint": "checkpointing off",
     "bare": "progress bar, loggers and checkpointing off",
 }
+#: the minimal-Lightning reference row (always run)
+LIGHTNING_FLOOR = "a minimal LightningModule, same model/optimizer/loss, nothing of ours"
 TARGETS = {"epoch": 1.05, "setup": 1.10, "loader": 3.0}
 
 
@@ -129,7 +137,7 @@ def run_framework(cfg: Any, datamodule: Any, epochs: int, ablation: str | None) 
     end = _now()
     finish_runs(trainer.loggers)
     steps = trainer.global_step
-    return _timing(start, stamps, end, steps, datamodule)
+    return _timing(start, stamps, end, steps, datamodule, module)
 
 
 def run_plain(cfg: Any, datamodule: Any, epochs: int) -> dict:
@@ -159,7 +167,53 @@ def run_plain(cfg: Any, datamodule: Any, epochs: int) -> dict:
             steps += 1
     end = _now()
     assert torch.isfinite(loss)
-    return _timing(start, stamps, end, steps, datamodule)
+    return _timing(start, stamps, end, steps, datamodule, module)
+
+
+def run_lightning_floor(cfg: Any, datamodule: Any, epochs: int) -> dict:
+    """Lightning's own floor: the plain loop's encoder, classifier, optimizer and loss in a
+    minimal ``LightningModule`` (no logging, no callbacks, no loggers, no progress bar, no
+    checkpointing): what any Lightning-based loop costs, nothing of crossdistill."""
+    import hydra
+    import pytorch_lightning as pl
+    from torch.nn import functional
+
+    stamps: list[Stamp] = []
+
+    class EpochClock(pl.Callback):
+        def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            stamps.append(_now())
+
+    class MinimalModule(pl.LightningModule):
+        def __init__(self, student: Any) -> None:
+            super().__init__()
+            self.encoder, self.classifier = student.encoder, student.classifier
+            self.input_key = student.input_key
+
+        def training_step(self, batch: dict, batch_idx: int) -> Any:
+            labels = batch["label"]
+            logits = self.classifier(self.encoder(batch[self.input_key]), labels)
+            return functional.cross_entropy(logits, labels)
+
+        def configure_optimizers(self) -> Any:
+            params = [p for p in self.parameters() if p.requires_grad]
+            return hydra.utils.instantiate(cfg.student.optimizer)(params=params)
+
+    start = _now()
+    module = MinimalModule(_build_student(cfg, datamodule))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[EpochClock()],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=datamodule.train_dataloader())
+    return _timing(start, stamps, _now(), trainer.global_step, datamodule, module)
 
 
 def run_loader(cfg: Any, datamodule: Any, epochs: int) -> dict:
@@ -191,7 +245,9 @@ def _epoch_median(stamps: list[Stamp], end: Stamp, clock: int) -> float:
     return statistics.median(steady or [b - a for a, b in itertools.pairwise([*times, end[clock]])])
 
 
-def _timing(start: Stamp, stamps: list[Stamp], end: Stamp, steps: int, datamodule) -> dict:
+def _timing(
+    start: Stamp, stamps: list[Stamp], end: Stamp, steps: int, datamodule, module: Any = None
+) -> dict:
     steps_per_epoch = max(steps // len(stamps), 1)  # every epoch runs the same steps
     epoch_s = _epoch_median(stamps, end, 0)
     return {
@@ -205,7 +261,13 @@ def _timing(start: Stamp, stamps: list[Stamp], end: Stamp, steps: int, datamodul
         # training batches are full (drop_last, or MFH's one full batch)
         "samples_per_s": steps_per_epoch * datamodule.batch_size / epoch_s,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # sum of |weights| after training: the loops did the same steps iff these agree
+        "weights_abs_sum": _weights_abs_sum(module) if module is not None else None,
     }
+
+
+def _weights_abs_sum(module: Any) -> float:
+    return float(sum(p.detach().double().abs().sum() for p in module.parameters()))
 
 
 def worker(case: str, variant: str, epochs: int, work_dir: Path, out: Path) -> None:
@@ -226,6 +288,8 @@ def worker(case: str, variant: str, epochs: int, work_dir: Path, out: Path) -> N
         result = run_plain(cfg, datamodule, epochs)
     elif variant == "loader":
         result = run_loader(cfg, datamodule, epochs)
+    elif variant == "lightning_floor":
+        result = run_lightning_floor(cfg, datamodule, epochs)
     else:
         ablation = None if variant == "framework" else variant
         result = run_framework(cfg, datamodule, epochs, ablation)
@@ -271,7 +335,7 @@ def report(case: str, results: dict[str, list[dict]], epochs: int) -> list[str]:
     ):
         a, b = _median(fw, key), _median(plain, key)
         lines.append(
-            f"{label:30s}{a:11.4f}{b:11.4f}{a / b:7.2f}  <= {TARGETS[target]} "
+            f"{label:30s}{a:11.4g}{b:11.4g}{a / b:7.2f}  <= {TARGETS[target]} "
             + verdict(a / b, target)
         )
     lines += [
@@ -279,6 +343,7 @@ def report(case: str, results: dict[str, list[dict]], epochs: int) -> list[str]:
         f"{_median(plain, 'samples_per_s'):11.1f}",
         f"{'peak RSS (MB)':30s}{_median(fw, 'maxrss_mb'):11.0f}{_median(plain, 'maxrss_mb'):11.0f}",
     ]
+    lines.append(_weights_line(results))
     for clock, key in (("wall", "step_s"), ("CPU", "step_cpu_s")):
         step, batch = _median(plain, key), _median(loader, key)
         lines.append(
@@ -286,16 +351,29 @@ def report(case: str, results: dict[str, list[dict]], epochs: int) -> list[str]:
             f"step = {step / batch:.1f}x loader, >= {TARGETS['loader']}x "
             + verdict(step / batch, "loader")
         )
-    for variant, label in ABLATIONS.items():
+    for variant, label in {"lightning_floor": LIGHTNING_FLOOR, **ABLATIONS}.items():
         if variant in results:
             runs = results[variant]
+            name = variant if variant == "lightning_floor" else "framework, " + variant
             lines.append(
-                f"{'framework, ' + variant:30s}epoch {_median(runs, 'epoch_s'):.4f} s wall "
+                f"{name:30s}epoch {_median(runs, 'epoch_s'):.4g} s wall "
                 f"({_median(runs, 'epoch_s') / _median(plain, 'epoch_s'):.2f}x plain), "
-                f"{_median(runs, 'epoch_cpu_s'):.4f} s CPU "
+                f"{_median(runs, 'epoch_cpu_s'):.4g} s CPU "
                 f"({_median(runs, 'epoch_cpu_s') / _median(plain, 'epoch_cpu_s'):.2f}x): {label}"
             )
     return lines
+
+
+def _weights_line(results: dict[str, list[dict]]) -> str:
+    """How far the trained weights of each loop are from the plain loop's (round 1): ~1e-7
+    (float rounding) means the loops trained the same steps on the same batches."""
+    plain = results["plain"][0]["weights_abs_sum"]
+    gaps = {
+        variant: abs(runs[0]["weights_abs_sum"] - plain) / plain
+        for variant, runs in results.items()
+        if runs and runs[0].get("weights_abs_sum") is not None and variant != "plain"
+    }
+    return "final weights vs plain (rel.): " + ", ".join(f"{v} {g:.1e}" for v, g in gaps.items())
 
 
 def main() -> None:
@@ -316,7 +394,8 @@ def main() -> None:
     if unknown:
         parser.error(f"--cases: unknown {unknown}; valid: {list(CASES)}")
     rounds = args.rounds or (2 if args.quick else 5)
-    variants = ["framework", "plain", "loader", *(ABLATIONS if args.profile else [])]
+    variants = ["framework", "plain", "lightning_floor", "loader"]
+    variants += list(ABLATIONS) if args.profile else []
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, 1 thread per process")
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="crossdistill_bench_") as tmp_name:
