@@ -198,6 +198,69 @@ def test_runner_reports_failed_runs_and_still_writes_the_table(tmp_path, monkeyp
     assert "Failed or unfinished runs (no metrics.json, left out): 2" in text
 
 
+def test_a_rerun_resumes_killed_runs_and_redoes_nothing_finished(tmp_path, monkeypatch,
+                                                                 capsys):
+    """Seed 2 of both KD cells and the teacher of seed 1 were killed (run dirs with config.yaml, no
+    metrics.json): the re-run resumes exactly those from their run dirs, as single runs, and
+    does not run a finished seed or cell again."""
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump({**SPEC, "jobs": 1, "teachers": ["KD"]},
+                                        allow_unicode=True, sort_keys=False))
+    out = tmp_path / "table"
+    first: list[list[str]] = []
+    cells = fake_train(first, fail="KD")
+
+    def killed_teacher_of_seed_1(cmd, **kwargs):
+        if "stop_after=teacher" not in cmd:
+            return cells(cmd, **kwargs)
+        first.append(cmd)
+        run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        write_run(run_dir, ["seed=" + cmd[cmd.index("stop_after=teacher") - 1][5:]],
+                  None if "seed=1" in cmd else {})
+        return subprocess.CompletedProcess(cmd, 0 if "seed=1" not in cmd else -9)
+
+    monkeypatch.setattr(runner.subprocess, "run", killed_teacher_of_seed_1)
+    assert main(["run", str(spec_file), "--out", str(out), "--rows", "KD"]) == 1
+    assert len(first) == 3 + 4  # 3 teachers; 2 rows (the baseline always runs) x 2 columns
+    kd_cells = [out / "kd" / slug("γ=0"), out / "kd" / slug("γ=1")]
+    seed_2_dirs = [next(d for d in cell.iterdir() if yaml.safe_load(
+        (d / "config.yaml").read_text())["seed"] == 2) for cell in kd_cells]
+
+    again: list[list[str]] = []
+
+    def finish(cmd, **kwargs):
+        again.append(cmd)
+        run_dir = Path(cmd[-1].split("=", 1)[1])
+        (run_dir / "metrics.json").write_text(json.dumps({"student": {"test/acc": 0.7}}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(runner.subprocess, "run", finish)
+    assert main(["run", str(spec_file), "--out", str(out), "--rows", "KD"]) == 0
+    resumed = sorted(c[-1] for c in again)
+    assert resumed == sorted([f"resume={out / '_teachers' / 'kd' / '1'}",
+                              *(f"resume={d}" for d in seed_2_dirs)])
+    assert all(c[1:3] == ["-m", "crossdistill.train"] and len(c) == 4 for c in again)
+    assert "KD (γ=0): 3/3 runs finished" in capsys.readouterr().out
+    assert main(["run", str(spec_file), "--out", str(out), "--rows", "KD"]) == 0
+    assert len(again) == 3  # everything finished: nothing runs
+
+
+def test_unfinished_seed_commands_resume_started_seeds_and_start_missing_ones(tmp_path):
+    spec = parse_spec(SPEC, "tiny")
+    row, column = spec.row("KD"), spec.columns[0]
+    sweep = tmp_path / "cell"
+    write_run(sweep / "0", ["seed=1"], {"test/acc": 0.5})   # finished
+    write_run(sweep / "1", ["seed=2"], None)                 # killed
+    write_run(sweep / "2", ["seed=1"], None)                 # an older, unfinished seed-1 run
+    commands = runner.unfinished_seed_commands(spec, row, column, sweep, ["paths.data_dir=/x"])
+    assert len(commands) == 2
+    fresh, resume = commands
+    assert fresh[-2:] == ["seed=0", f"hydra.run.dir={sweep / '3'}"]  # next free job number
+    assert "-m" not in fresh[2:] and "experiment=mfh/exp1" in fresh and "data.overlap=0" in fresh
+    assert "paths.data_dir=/x" in fresh and "trainer.max_epochs=3" in fresh
+    assert resume[1:] == ["-m", "crossdistill.train", f"resume={sweep / '1'}"]
+
+
 def test_spec_teachers_are_trained_first_one_job_per_seed_columns_in_turn(tmp_path,
                                                                           monkeypatch):
     spec_file = tmp_path / "tiny.yaml"
@@ -290,6 +353,33 @@ def test_runner_end_to_end_cells_in_parallel_share_each_teacher(tmp_path, capsys
     assert main(["run", str(spec_file), "--out", str(lone), f"paths.log_dir={tmp_path}",
                  "--rows", "no KD"]) == 0
     assert "Joblib.Parallel(n_jobs=2" in (lone / "logs" / "no_kd.log").read_text()
+
+
+@pytest.mark.slow
+def test_runner_resumes_an_unfinished_run_for_real(tmp_path, capsys):
+    """Real MFH runs: a finished run whose metrics.json is removed looks like one killed
+    after its last checkpoint; the re-run resumes it (``resume=<job dir>``), retrains
+    nothing and writes the same test metrics; the other seed is not run again."""
+    spec = {"rows": {"no KD": {"experiment": "mfh/exp1", "overrides": ["distill=none"]}},
+            "seeds": [0, 1], "jobs": 1, "metrics": ["test/acc"],
+            "overrides": ["trainer.max_epochs=3", "callbacks.epoch_progress_bar=null"]}
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "table"
+    args = ["run", str(spec_file), "--out", str(out), f"paths.log_dir={tmp_path}"]
+    assert main(args) == 0
+    killed, other = out / "no_kd" / "1", out / "no_kd" / "0"
+    before = json.loads((killed / "metrics.json").read_text())["student"]
+    other_mtime = (other / "metrics.json").stat().st_mtime_ns
+    (killed / "metrics.json").unlink()
+    assert main(args) == 0
+    log = (out / "logs" / "no_kd.log").read_text()
+    assert f"crossdistill.train resume={killed}" in log
+    assert "resume: student stage from" in log and "last.ckpt" in log
+    after = json.loads((killed / "metrics.json").read_text())["student"]
+    assert after["test/acc"] == before["test/acc"] and after["test/loss"] == before["test/loss"]
+    assert (other / "metrics.json").stat().st_mtime_ns == other_mtime
+    assert "(n=2)" in (out / "table.md").read_text()
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import yaml
 
 from crossdistill.tables.aggregate import SPEC_FILE, cell_dir, load_table
-from crossdistill.tables.collect import find_runs
+from crossdistill.tables.collect import Run, find_runs
 from crossdistill.tables.render import write_all
 from crossdistill.tables.spec import (
     Column,
@@ -82,6 +82,42 @@ def teacher_command(
         *row.train_overrides, *column.overrides, *spec.overrides, *extra,
         f"seed={seed}", "stop_after=teacher", f"hydra.run.dir={run_dir}",
     ]
+
+
+def resume_command(run_dir: Path) -> list[str]:
+    """``crossdistill-train resume=<run dir>``: a killed or failed run goes on from its saved
+    config and its latest good checkpoints (each stage)."""
+    return [sys.executable, "-m", "crossdistill.train", f"resume={run_dir}"]
+
+
+def unfinished_seed_commands(
+    spec: TableSpec, row: Row, column: Column, sweep_dir: Path, extra: Sequence[str] = ()
+) -> list[list[str]]:
+    """The commands that finish a cell started before (its sweep dir holds job dirs), one
+    per seed without a finished run: ``resume=`` its job dir where one was started (saved
+    config present), else a fresh single run into the next free job number. Finished seeds
+    are not run again and a killed run loses only the work since its last checkpoint."""
+    runs: dict[int, Run] = {}
+    for run in find_runs([sweep_dir]):
+        if run.seed is not None and (run.seed not in runs or runs[run.seed].failed):
+            runs[run.seed] = run  # a finished run of the seed wins over an unfinished one
+    numbers = [int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+    free = max(numbers, default=-1) + 1
+    commands = []
+    for seed in spec.seeds:
+        run = runs.get(seed)
+        if run is not None and not run.failed:
+            continue
+        if run is not None and (run.path / "config.yaml").is_file():
+            commands.append(resume_command(run.path))
+            continue
+        commands.append([
+            sys.executable, "-m", "crossdistill.train",
+            *row.train_overrides, *column.overrides, *spec.overrides, *extra,
+            f"seed={seed}", f"hydra.run.dir={sweep_dir / str(free)}",
+        ])
+        free += 1
+    return commands
 
 
 class TeacherJob(NamedTuple):
@@ -193,8 +229,8 @@ def run_spec(
     lock = threading.Lock()  # the printed lines and the count of cells not started
     not_started = len(todo)  # cells not yet started; the last one runs its seeds in parallel
 
-    def run_logged(cmd: list[str], log: Path) -> int:
-        with open(log, "w") as fh:
+    def run_logged(cmd: list[str], log: Path, mode: str = "w") -> int:
+        with open(log, mode) as fh:
             fh.write(" ".join(cmd) + "\n\n")
             fh.flush()
             return subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
@@ -202,7 +238,10 @@ def run_spec(
     def train_teacher(label: str, row: Row, column: Column, seed: int, run_dir: Path) -> bool:
         log = logs / f"{TEACHERS_DIR}__{slug(row.name)}__{seed}.log"
         t0 = time.time()
-        code = run_logged(teacher_command(spec, row, column, seed, run_dir, extra), log)
+        started = (run_dir / "config.yaml").is_file()  # a teacher run killed before: go on
+        cmd = resume_command(run_dir) if started else teacher_command(
+            spec, row, column, seed, run_dir, extra)
+        code = run_logged(cmd, log)
         with lock:
             print(f"[teachers] {label}: " + (
                 f"ready in {time.time() - t0:.0f} s" if code == 0 else f"FAILED: see {log}"
@@ -217,9 +256,14 @@ def run_spec(
         with lock:
             not_started -= 1
             seeds_at_once = jobs if not_started == 0 and len(spec.seeds) > 1 else 1
-        cmd = train_command(spec, row, column, sweep_dir, seeds_at_once, extra, seed_offset=k)
         t0 = time.time()
-        code = run_logged(cmd, log)
+        if sweep_dir.is_dir() and find_runs([sweep_dir]):  # started before: finish it
+            codes = [run_logged(cmd, log, "a") for cmd in
+                     unfinished_seed_commands(spec, row, column, sweep_dir, extra)]
+            code = max(codes, default=0)
+        else:
+            code = run_logged(train_command(spec, row, column, sweep_dir, seeds_at_once, extra,
+                                            seed_offset=k), log)
         done = [r for r in find_runs([sweep_dir]) if not r.failed] if sweep_dir.is_dir() else []
         ok = code == 0 and len(done) == len(spec.seeds)
         with lock:
