@@ -259,6 +259,10 @@ def test_unfinished_seed_commands_resume_started_seeds_and_start_missing_ones(tm
     assert "-m" not in fresh[2:] and "experiment=mfh/exp1" in fresh and "data.overlap=0" in fresh
     assert "paths.data_dir=/x" in fresh and "trainer.max_epochs=3" in fresh
     assert resume[1:] == ["-m", "crossdistill.train", f"resume={sweep / '1'}"]
+    # killed before its config.yaml was saved: nothing to resume, started again in its dir
+    (sweep / "1" / "config.yaml").unlink()
+    assert runner.unfinished_seed_commands(spec, row, column, sweep)[1][-2:] == [
+        "seed=2", f"hydra.run.dir={sweep / '1'}"]
 
 
 def test_spec_teachers_are_trained_first_one_job_per_seed_columns_in_turn(tmp_path,

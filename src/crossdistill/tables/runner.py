@@ -95,7 +95,8 @@ def unfinished_seed_commands(
 ) -> list[list[str]]:
     """The commands that finish a cell started before (its sweep dir holds job dirs), one
     per seed without a finished run: ``resume=`` its job dir where one was started (saved
-    config present), else a fresh single run into the next free job number. Finished seeds
+    config present), else a fresh single run into its job dir (killed before it saved its
+    config) or the next free job number. Finished seeds
     are not run again and a killed run loses only the work since its last checkpoint."""
     runs: dict[int, Run] = {}
     for run in find_runs([sweep_dir]):
@@ -111,12 +112,15 @@ def unfinished_seed_commands(
         if run is not None and (run.path / "config.yaml").is_file():
             commands.append(resume_command(run.path))
             continue
+        if run is None:
+            run_dir, free = sweep_dir / str(free), free + 1
+        else:  # killed before it saved its config: start it again in its own dir
+            run_dir = run.path
         commands.append([
             sys.executable, "-m", "crossdistill.train",
             *row.train_overrides, *column.overrides, *spec.overrides, *extra,
-            f"seed={seed}", f"hydra.run.dir={sweep_dir / str(free)}",
+            f"seed={seed}", f"hydra.run.dir={run_dir}",
         ])
-        free += 1
     return commands
 
 
