@@ -240,6 +240,9 @@ def test_a_rerun_resumes_killed_runs_and_redoes_nothing_finished(tmp_path, monke
     assert resumed == sorted([f"resume={out / '_teachers' / 'kd' / '1'}",
                               *(f"resume={d}" for d in seed_2_dirs)])
     assert all(c[1:3] == ["-m", "crossdistill.train"] and len(c) == 4 for c in again)
+    teacher_log = (out / "logs" / "_teachers__kd__1.log").read_text()
+    assert "stop_after=teacher" in teacher_log.splitlines()[0]  # the killed attempt's log kept
+    assert f"resume={out / '_teachers' / 'kd' / '1'}" in teacher_log
     assert "KD (γ=0): 3/3 runs finished" in capsys.readouterr().out
     assert main(["run", str(spec_file), "--out", str(out), "--rows", "KD"]) == 0
     assert len(again) == 3  # everything finished: nothing runs

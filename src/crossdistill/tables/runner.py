@@ -96,8 +96,8 @@ def unfinished_seed_commands(
     """The commands that finish a cell started before (its sweep dir holds job dirs), one
     per seed without a finished run: ``resume=`` its job dir where one was started (saved
     config present), else a fresh single run into its job dir (killed before it saved its
-    config) or the next free job number. Finished seeds
-    are not run again and a killed run loses only the work since its last checkpoint."""
+    config) or the next free job number. Finished seeds are not run again and a killed run
+    loses only the work since its last checkpoint."""
     runs: dict[int, Run] = {}
     for run in find_runs([sweep_dir]):
         if run.seed is not None and (run.seed not in runs or runs[run.seed].failed):
@@ -245,7 +245,7 @@ def run_spec(
         started = (run_dir / "config.yaml").is_file()  # a teacher run killed before: go on
         cmd = resume_command(run_dir) if started else teacher_command(
             spec, row, column, seed, run_dir, extra)
-        code = run_logged(cmd, log)
+        code = run_logged(cmd, log, "a" if started else "w")
         with lock:
             print(f"[teachers] {label}: " + (
                 f"ready in {time.time() - t0:.0f} s" if code == 0 else f"FAILED: see {log}"
