@@ -200,9 +200,9 @@ def test_runner_reports_failed_runs_and_still_writes_the_table(tmp_path, monkeyp
 
 def test_a_rerun_resumes_killed_runs_and_redoes_nothing_finished(tmp_path, monkeypatch,
                                                                  capsys):
-    """Seed 2 of both KD cells and the teacher of seed 1 were killed (run dirs with config.yaml, no
-    metrics.json): the re-run resumes exactly those from their run dirs, as single runs, and
-    does not run a finished seed or cell again."""
+    """Seed 2 of both KD cells and the teacher of seed 1 were killed (run dirs with
+    config.yaml, no metrics.json): the re-run resumes exactly those from their run dirs, as
+    single runs, and does not run a finished seed or cell again."""
     spec_file = tmp_path / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump({**SPEC, "jobs": 1, "teachers": ["KD"]},
                                         allow_unicode=True, sort_keys=False))
@@ -215,8 +215,8 @@ def test_a_rerun_resumes_killed_runs_and_redoes_nothing_finished(tmp_path, monke
             return cells(cmd, **kwargs)
         first.append(cmd)
         run_dir = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
-        write_run(run_dir, ["seed=" + cmd[cmd.index("stop_after=teacher") - 1][5:]],
-                  None if "seed=1" in cmd else {})
+        seed = next(a for a in cmd if a.startswith("seed="))
+        write_run(run_dir, [seed], None if seed == "seed=1" else {})
         return subprocess.CompletedProcess(cmd, 0 if "seed=1" not in cmd else -9)
 
     monkeypatch.setattr(runner.subprocess, "run", killed_teacher_of_seed_1)
