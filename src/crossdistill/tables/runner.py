@@ -72,16 +72,23 @@ def train_command(
     return cmd
 
 
+def single_run_command(
+    spec: TableSpec, row: Row, column: Column, seed: int, run_dir: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    """The ``crossdistill-train`` command of one seed of a cell, into ``run_dir``."""
+    return [
+        sys.executable, "-m", "crossdistill.train",
+        *row.train_overrides, *column.overrides, *spec.overrides, *extra,
+        f"seed={seed}", f"hydra.run.dir={run_dir}",
+    ]
+
+
 def teacher_command(
     spec: TableSpec, row: Row, column: Column, seed: int, run_dir: Path, extra: Sequence[str] = ()
 ) -> list[str]:
     """The ``crossdistill-train`` command that trains (or reuses) the teacher of one row and
     seed into the teacher cache and stops (``stop_after=teacher``)."""
-    return [
-        sys.executable, "-m", "crossdistill.train",
-        *row.train_overrides, *column.overrides, *spec.overrides, *extra,
-        f"seed={seed}", "stop_after=teacher", f"hydra.run.dir={run_dir}",
-    ]
+    return [*single_run_command(spec, row, column, seed, run_dir, extra), "stop_after=teacher"]
 
 
 def resume_command(run_dir: Path) -> list[str]:
@@ -116,11 +123,7 @@ def unfinished_seed_commands(
             run_dir, free = sweep_dir / str(free), free + 1
         else:  # killed before it saved its config: start it again in its own dir
             run_dir = run.path
-        commands.append([
-            sys.executable, "-m", "crossdistill.train",
-            *row.train_overrides, *column.overrides, *spec.overrides, *extra,
-            f"seed={seed}", f"hydra.run.dir={run_dir}",
-        ])
+        commands.append(single_run_command(spec, row, column, seed, run_dir, extra))
     return commands
 
 
@@ -264,7 +267,7 @@ def run_spec(
         if sweep_dir.is_dir() and find_runs([sweep_dir]):  # started before: finish it
             codes = [run_logged(cmd, log, "a") for cmd in
                      unfinished_seed_commands(spec, row, column, sweep_dir, extra)]
-            code = max(codes, default=0)
+            code = next((c for c in codes if c != 0), 0)  # a kill's code is negative
         else:
             code = run_logged(train_command(spec, row, column, sweep_dir, seeds_at_once, extra,
                                             seed_offset=k), log)
