@@ -13,7 +13,11 @@ and loggers (CSV by default), the config logged as hyperparameters. The plain si
 forward in both.
 
 Every measurement runs in its own subprocess (so ``ru_maxrss`` is that run's peak memory),
-the variants interleaved over ``--rounds`` rounds; medians are printed. Epoch time = from
+the variants interleaved over ``--rounds`` rounds; times are medians over the rounds, and
+every ratio is paired: the geometric mean of the per-round ratios (the variants of one
+round ran back to back) with its 95 % t-interval over the rounds. A target counts as met
+or not met only when the whole interval is on one side of it, else "not resolved": runs
+of the same loop in different processes vary by a few per cent here. Epoch time = from
 the start of one training epoch to the start of the next, neither the first (warm-up) nor
 the last (teardown); "incl. set-up" = module + optimizer/trainer/loggers built, all epochs run.
 A third pass per round trains the same model, optimizer and loss in a minimal
@@ -27,6 +31,7 @@ the same steps on the same batches.
     python scripts/benchmark_overhead.py            # both cases, 5 rounds (~20 min on 2 cores)
     python scripts/benchmark_overhead.py --quick    # 2 rounds, fewer epochs (~6 min)
     python scripts/benchmark_overhead.py --profile  # + framework with pieces turned off
+    python scripts/benchmark_overhead.py --save raw.json  # + every round's measurements
 
 Cases: ``face_voice`` = experiment=face_voice/no_kd (tiny ECAPA student on the built-in
 face -> voice data, default data sizes); ``mfh`` = experiment=mfh/exp1 distill=none (linear
@@ -39,6 +44,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import resource
 import statistics
@@ -314,18 +320,51 @@ def _median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def paired_ratio(
+    numerator: list[float], denominator: list[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Geometric mean of the per-round ratios ``numerator[i] / denominator[i]`` and its
+    t-interval (a t-interval of the mean log ratio over the rounds, exponentiated); the
+    interval is (nan, nan) with fewer than 2 rounds."""
+    from scipy import stats
+
+    logs = [math.log(a / b) for a, b in zip(numerator, denominator, strict=True)]
+    centre = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(centre), math.nan, math.nan
+    half = stats.t.ppf(0.5 + confidence / 2, len(logs) - 1) * statistics.stdev(logs)
+    half /= math.sqrt(len(logs))
+    return math.exp(centre), math.exp(centre - half), math.exp(centre + half)
+
+
+def verdict(low: float, high: float, target: float, at_least: bool = False) -> str:
+    """Met / NOT met when the whole interval is on one side of the target (a ceiling, or a
+    floor with ``at_least``), else not resolved (also for an undefined interval)."""
+    if at_least:
+        met, missed = low >= target, high < target
+    else:
+        met, missed = high <= target, low > target
+    return "met" if met else "NOT met" if missed else "not resolved"
+
+
+def _ratio_text(ratio: tuple[float, float, float]) -> str:
+    centre, low, high = ratio
+    return f"{centre:5.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _paired(runs: list[dict], reference: list[dict], key: str) -> tuple[float, float, float]:
+    return paired_ratio([r[key] for r in runs], [r[key] for r in reference])
+
+
 def report(case: str, results: dict[str, list[dict]], epochs: int) -> list[str]:
-    """The comparison table of one case: medians over rounds, wall and CPU time."""
+    """The comparison table of one case: medians over rounds, wall and CPU time; ratios
+    paired by round with 95 % intervals."""
     fw, plain, loader = results["framework"], results["plain"], results["loader"]
-
-    def verdict(ratio: float, target: str) -> str:
-        ok = ratio >= TARGETS[target] if target == "loader" else ratio <= TARGETS[target]
-        return "met" if ok else "NOT met"
-
     lines = [
         f"== {case}: {' '.join(CASES[case])}, {epochs} epochs x {len(fw)} rounds "
-        f"({fw[0]['steps'] // epochs} steps/epoch), medians",
-        f"{'':30s}{'framework':>11s}{'plain':>11s}{'ratio':>7s}  target",
+        f"({fw[0]['steps'] // epochs} steps/epoch); times: medians; ratio: per-round "
+        "geometric mean [95 % interval]",
+        f"{'':26s}{'framework':>10s}{'plain':>10s}  {'ratio [95 % interval]':<22s}  target",
     ]
     for label, key, target in (
         ("epoch, wall (s)", "epoch_s", "epoch"),
@@ -333,34 +372,39 @@ def report(case: str, results: dict[str, list[dict]], epochs: int) -> list[str]:
         ("incl. set-up, wall (s)", "total_s", "setup"),
         ("incl. set-up, CPU (s)", "total_cpu_s", "setup"),
     ):
-        a, b = _median(fw, key), _median(plain, key)
+        ratio = _paired(fw, plain, key)
         lines.append(
-            f"{label:30s}{a:11.4g}{b:11.4g}{a / b:7.2f}  <= {TARGETS[target]} "
-            + verdict(a / b, target)
+            f"{label:26s}{_median(fw, key):10.4g}{_median(plain, key):10.4g}  "
+            f"{_ratio_text(ratio):<22s}  <= {TARGETS[target]} "
+            + verdict(ratio[1], ratio[2], TARGETS[target])
         )
     lines += [
-        f"{'samples/s (wall)':30s}{_median(fw, 'samples_per_s'):11.1f}"
-        f"{_median(plain, 'samples_per_s'):11.1f}",
-        f"{'peak RSS (MB)':30s}{_median(fw, 'maxrss_mb'):11.0f}{_median(plain, 'maxrss_mb'):11.0f}",
+        f"{'samples/s (wall)':26s}{_median(fw, 'samples_per_s'):10.1f}"
+        f"{_median(plain, 'samples_per_s'):10.1f}",
+        f"{'peak RSS (MB)':26s}{_median(fw, 'maxrss_mb'):10.0f}{_median(plain, 'maxrss_mb'):10.0f}",
     ]
     lines.append(_weights_line(results))
     for clock, key in (("wall", "step_s"), ("CPU", "step_cpu_s")):
-        step, batch = _median(plain, key), _median(loader, key)
+        ratio = _paired(plain, loader, key)
         lines.append(
-            f"{'loader batch vs step, ' + clock:30s}{batch * 1e3:9.2f}ms{step * 1e3:9.2f}ms  "
-            f"step = {step / batch:.1f}x loader, >= {TARGETS['loader']}x "
-            + verdict(step / batch, "loader")
+            f"{'loader batch vs step, ' + clock:26s}{_median(loader, key) * 1e3:8.2f}ms"
+            f"{_median(plain, key) * 1e3:8.2f}ms  step = {_ratio_text(ratio)}x loader, "
+            f">= {TARGETS['loader']}x " + verdict(ratio[1], ratio[2], TARGETS["loader"], True)
         )
     for variant, label in {"lightning_floor": LIGHTNING_FLOOR, **ABLATIONS}.items():
         if variant in results:
             runs = results[variant]
             name = variant if variant == "lightning_floor" else "framework, " + variant
             lines.append(
-                f"{name:30s}epoch {_median(runs, 'epoch_s'):.4g} s wall "
-                f"({_median(runs, 'epoch_s') / _median(plain, 'epoch_s'):.2f}x plain), "
-                f"{_median(runs, 'epoch_cpu_s'):.4g} s CPU "
-                f"({_median(runs, 'epoch_cpu_s') / _median(plain, 'epoch_cpu_s'):.2f}x): {label}"
+                f"{name:30s}epoch {_median(runs, 'epoch_cpu_s'):.4g} s CPU, "
+                f"{_ratio_text(_paired(runs, plain, 'epoch_cpu_s')).strip()}x plain: {label}"
             )
+    if "lightning_floor" in results:  # what crossdistill adds over any Lightning loop
+        lines.append(
+            f"{'framework vs floor':30s}epoch CPU "
+            f"{_ratio_text(_paired(fw, results['lightning_floor'], 'epoch_cpu_s')).strip()}x: "
+            "crossdistill's own share"
+        )
     return lines
 
 
@@ -383,6 +427,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds, fewer epochs")
     parser.add_argument("--profile", action="store_true", help="+ framework ablations")
     parser.add_argument("--epochs", type=int, default=None, help="override per-case epochs")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="also write every round's raw measurements to this JSON file")
     parser.add_argument("--worker", nargs=5, metavar="X", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -398,16 +444,19 @@ def main() -> None:
     variants += list(ABLATIONS) if args.profile else []
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, 1 thread per process")
     began = time.perf_counter()
+    raw: dict[str, dict[str, list[dict]]] = {}
     with tempfile.TemporaryDirectory(prefix="crossdistill_bench_") as tmp_name:
         tmp = Path(tmp_name)
         for case in cases:
             epochs = args.epochs or EPOCHS[case][1 if args.quick else 0]
             _spawn(case, "loader", 1, tmp, -1)  # generates the built-in data once
-            results: dict[str, list[dict]] = {v: [] for v in variants}
+            results: dict[str, list[dict]] = raw.setdefault(case, {v: [] for v in variants})
             for round_index in range(rounds):
                 for variant in variants:
                     results[variant].append(_spawn(case, variant, epochs, tmp, round_index))
                 print(f"  {case}: round {round_index + 1}/{rounds} done", flush=True)
+                if args.save:  # every round, so a stopped benchmark keeps what it measured
+                    args.save.write_text(json.dumps(raw, indent=1))
             print("\n".join(report(case, results, epochs)), flush=True)
     print(f"total {time.perf_counter() - began:.0f} s")
 
