@@ -432,3 +432,22 @@ def test_column_contrast_compares_the_paired_differences_of_two_columns(tmp_path
     assert f"| KD | +0.090 [{0.09 - half:+.3f}, {0.09 + half:+.3f}] (n=3), resolved |" in text
     with pytest.raises(ValueError, match="column_contrast must name two different columns"):
         parse_spec({**SPEC, "column_contrast": ["γ=1", "γ=2"]})
+
+
+def test_a_rerun_with_other_rows_adds_them_to_the_table_dir(tmp_path, monkeypatch):
+    # rows added to a table dir by a later `--rows` run must not hide the earlier ones
+    three_rows = {**SPEC, "columns": {"γ=0": ["data.overlap=0"]},
+                  "rows": {**SPEC["rows"], "KD x2": {"experiment": "mfh/exp1",
+                                                     "overrides": ["distill.kd.weight=2"]}}}
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(three_rows, allow_unicode=True, sort_keys=False))
+    commands: list[list[str]] = []
+    monkeypatch.setattr(runner.subprocess, "run", fake_train(commands))
+    out = tmp_path / "table"
+    assert main(["run", str(spec_file), "--out", str(out), "--rows", "KD x2"]) == 0
+    assert main(["run", str(spec_file), "--out", str(out), "--rows", "KD"]) == 0
+    assert len(commands) == 3  # no KD, KD x2, then KD: nothing ran twice
+    assert list(yaml.safe_load((out / "table.yaml").read_text())["rows"]) == [
+        "no KD", "KD", "KD x2"]  # the spec's order
+    text = (out / "table.md").read_text()
+    assert "| KD |" in text and "| KD x2 |" in text

@@ -166,6 +166,18 @@ def _finished(sweep_dir: Path, spec: TableSpec) -> bool:
     return {r.seed for r in find_runs([sweep_dir]) if not r.failed} >= set(spec.seeds)
 
 
+def _with_earlier_rows(spec: TableSpec, full_spec: TableSpec, table_dir: Path) -> TableSpec:
+    """``spec`` (its rows selected by ``--rows``) plus the rows of the spec's full row list
+    that an earlier run wrote into ``table_dir/table.yaml``: a re-run with other ``--rows``
+    adds rows to the table instead of hiding the ones finished before."""
+    spec_file = table_dir / SPEC_FILE
+    if not spec_file.is_file():
+        return spec
+    earlier = (yaml.safe_load(spec_file.read_text()) or {}).get("rows") or {}
+    names = {row.name for row in spec.rows} | set(earlier)
+    return replace(spec, rows=tuple(row for row in full_spec.rows if row.name in names))
+
+
 def _point_latest(table_dir: Path) -> None:
     latest = table_dir.parent / "latest"
     with contextlib.suppress(OSError):
@@ -193,16 +205,17 @@ def run_spec(
             raise FileNotFoundError(f"--report needs --out <table dir> holding {SPEC_FILE}")
         print(write_all(load_table([out]), out))
         return 0
-    spec = load_spec(name_or_path, quick=quick)
-    if rows:
-        spec = select_rows(spec, list(rows))
+    full_spec = load_spec(name_or_path, quick=quick)
+    spec = select_rows(full_spec, list(rows)) if rows else full_spec
     if seeds:
         spec = replace(spec, seeds=tuple(seeds))
     jobs = jobs or spec.jobs
     extra = [*QUIET, *overrides]
     table_dir = (out or default_table_dir(spec, overrides)).absolute()
+    # the rows of an earlier run into this dir stay in the table (their cells are kept)
+    shown = _with_earlier_rows(spec, full_spec, table_dir) if rows else spec
     table_dir.mkdir(parents=True, exist_ok=True)  # an existing dir resumes: done cells stay
-    as_run = spec_to_dict(spec)
+    as_run = spec_to_dict(shown)
     as_run["overrides"] = [*as_run["overrides"], *extra]
     (table_dir / SPEC_FILE).write_text(yaml.safe_dump(as_run, sort_keys=False, allow_unicode=True))
     (table_dir / "command.txt").write_text(
