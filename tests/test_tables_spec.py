@@ -451,3 +451,11 @@ def test_a_rerun_with_other_rows_adds_them_to_the_table_dir(tmp_path, monkeypatc
         "no KD", "KD", "KD x2"]  # the spec's order
     text = (out / "table.md").read_text()
     assert "| KD |" in text and "| KD x2 |" in text
+
+
+def test_a_rerun_into_a_dir_with_a_broken_table_yaml_names_the_file(tmp_path, capsys):
+    (tmp_path / "table.yaml").write_text("rows: [1, 2]\nmetrics: [x]\n")
+    assert main(["run", "c2kd", "--rows", "c2kd", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'table.yaml'}: rows must be a non-empty mapping" in err
+    assert not (tmp_path / "command.txt").exists()  # nothing written before the error

@@ -20,6 +20,14 @@ from crossdistill.tables.table import (
 SPEC_FILE = "table.yaml"  # the spec a table dir was run with (written by the runner)
 
 
+def read_table_spec(table_dir: Path) -> TableSpec:
+    """The spec a table dir was run with (its ``table.yaml``), validated: a bad file is
+    reported by path, key and value."""
+    spec_file = table_dir / SPEC_FILE
+    data = yaml.safe_load(spec_file.read_text())
+    return parse_spec(data, name=table_dir.name, source=str(spec_file))
+
+
 def cell_dir(table_dir: Path, row: str, column: str) -> Path:
     """``<table dir>/<row>`` or ``<table dir>/<row>/<column>``: one multirun over seeds."""
     path = table_dir / slug(row)
@@ -61,8 +69,7 @@ def load_table(
     that differ between runs."""
     paths = [Path(p) for p in paths]
     if len(paths) == 1 and (paths[0] / SPEC_FILE).is_file():
-        data = yaml.safe_load((paths[0] / SPEC_FILE).read_text())
-        spec = parse_spec(data, name=paths[0].name, source=str(paths[0] / SPEC_FILE))
+        spec = read_table_spec(paths[0])
         table = table_from_spec(spec, paths[0])
         if metrics:
             table.metrics = [Metric(k) for k in metrics]

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import yaml
 
-from crossdistill.tables.aggregate import SPEC_FILE, cell_dir, load_table
+from crossdistill.tables.aggregate import SPEC_FILE, cell_dir, load_table, read_table_spec
 from crossdistill.tables.collect import Run, find_runs
 from crossdistill.tables.render import write_all
 from crossdistill.tables.spec import (
@@ -170,11 +170,10 @@ def _with_earlier_rows(spec: TableSpec, full_spec: TableSpec, table_dir: Path) -
     """``spec`` (its rows selected by ``--rows``) plus the rows of the spec's full row list
     that an earlier run wrote into ``table_dir/table.yaml``: a re-run with other ``--rows``
     adds rows to the table instead of hiding the ones finished before."""
-    spec_file = table_dir / SPEC_FILE
-    if not spec_file.is_file():
+    if not (table_dir / SPEC_FILE).is_file():
         return spec
-    earlier = (yaml.safe_load(spec_file.read_text()) or {}).get("rows") or {}
-    names = {row.name for row in spec.rows} | set(earlier)
+    earlier = read_table_spec(table_dir).rows
+    names = {row.name for row in (*spec.rows, *earlier)}
     return replace(spec, rows=tuple(row for row in full_spec.rows if row.name in names))
 
 
